@@ -1,0 +1,380 @@
+"""The `batchjob` command: a thin front end over Queue, shaped like git.
+
+Exit codes: 0 success, 1 the job failed, 2 bad usage or input (or no database), 3 not found.
+Errors are one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from datetime import UTC, datetime
+from functools import cached_property
+from typing import Any
+
+import click
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from batchjob import __version__
+from batchjob.config import Settings, load_settings
+from batchjob.errors import BatchJobError, InvalidInput
+from batchjob.model import Job, JobStatus
+from batchjob.queue import Queue
+
+EXIT_JOB_FAILED = 1
+STATUS_STYLES = {
+    JobStatus.PENDING: "yellow",
+    JobStatus.RUNNING: "cyan",
+    JobStatus.COMPLETED: "green",
+    JobStatus.FAILED: "red",
+    JobStatus.CANCELLED: "magenta",
+}
+
+# In a pipe, let rows run as wide as they need instead of wrapping at 80 columns.
+stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
+
+
+class CliContext:
+    """Settings and the queue, made on first use so that `--help` needs no database."""
+
+    def __init__(self, config: str | None, database_url: str | None, log_dir: str | None):
+        self._config, self._database_url, self._log_dir = config, database_url, log_dir
+
+    @cached_property
+    def settings(self) -> Settings:
+        return load_settings(self._config, database_url=self._database_url, log_dir=self._log_dir)
+
+    @cached_property
+    def queue(self) -> Queue:
+        return Queue(settings=self.settings)
+
+
+pass_context = click.make_pass_decorator(CliContext)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    envvar="BATCH_JOB_CONFIG",
+    show_envvar=True,
+    metavar="PATH",
+    help="Configuration file (default: ./batchjob.toml when present).",
+)
+@click.option(
+    "--database-url",
+    envvar="BATCH_JOB_DATABASE_URL",
+    show_envvar=True,
+    metavar="URL",
+    help="sqlite:///batchjob.db, mysql://user:pw@host/db or postgresql://user@host/db.",
+)
+@click.option(
+    "--log-dir",
+    envvar="BATCH_JOB_LOG_DIR",
+    show_envvar=True,
+    metavar="DIR",
+    help="Directory of the worker log and of jobs/<id>.log (default: ./logs).",
+)
+@click.version_option(__version__, prog_name="batchjob")
+@click.pass_context
+def cli(
+    ctx: click.Context, config: str | None, database_url: str | None, log_dir: str | None
+) -> None:
+    """A batch job queue and worker: jobs run as they do by hand, and failures say why."""
+    ctx.obj = CliContext(config, database_url, log_dir)
+
+
+@cli.command()
+@pass_context
+def init(context: CliContext) -> None:
+    """Create or upgrade the database schema and the log directory (safe to run again)."""
+    previous, current = context.queue.init()
+    (context.settings.log_dir / "jobs").mkdir(parents=True, exist_ok=True)
+    where = context.queue.store.display_url
+    if previous == current:
+        stdout.print(f"schema is up to date (version {current}) in {where}", highlight=False)
+    else:
+        stdout.print(
+            f"schema upgraded from version {previous} to {current} in {where}", highlight=False
+        )
+
+
+class _CommandAfterDashes(click.Command):
+    """Everything after the first `--` is the job's argv, untouched by option parsing."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if "--" in args:
+            split = args.index("--")
+            ctx.meta["job_argv"] = args[split + 1 :]
+            args = args[:split]
+        else:
+            ctx.meta["job_argv"] = None
+        return super().parse_args(ctx, args)
+
+
+@cli.command(cls=_CommandAfterDashes)
+@click.argument("task", required=False)
+@click.option("--queue", help="Queue name (default: the task's, else 'default').")
+@click.option("--priority", type=int, help="Higher runs first (default 0).")
+@click.option("--timeout", metavar="DUR", help="Hard limit: 90, 90s, 10m, 2h, 1d.")
+@click.option("--stall-timeout", metavar="DUR", help="No output, progress or CPU for this long.")
+@click.option("--retries", type=int, help="Attempts after the first.")
+@click.option("--delay", metavar="DUR", help="Run no sooner than this from now.")
+@click.option(
+    "--run-at", metavar="TIME", help="Run no sooner than this ISO 8601 time (UTC if no offset)."
+)
+@click.option(
+    "--unique-key", metavar="KEY", help="Refuse a second pending/running job with this key."
+)
+@click.option("--concurrency-key", metavar="KEY", help="Limit jobs running at once with this key.")
+@click.option(
+    "--max-concurrency", type=int, help="How many with --concurrency-key at once (default 1)."
+)
+@click.option(
+    "--env", "env_items", multiple=True, metavar="K=V", help="Environment variable (repeatable)."
+)
+@click.option("--cwd", metavar="DIR", help="Working directory of the job.")
+@click.option("--tag", "tags", multiple=True, help="Tag (repeatable).")
+@click.option(
+    "--param", "param_items", multiple=True, metavar="K=V", help="Task parameter (repeatable)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON instead of its id.")
+@click.pass_context
+def enqueue(
+    ctx: click.Context,
+    /,
+    task: str | None,
+    env_items: Sequence[str],
+    param_items: Sequence[str],
+    run_at: str | None,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Add a job: `enqueue TASK --param k=v` or `enqueue [OPTIONS] -- CMD ARGS...`.
+
+    Prints the new job's id alone, so that `id=$(batchjob enqueue -- cmd)` works.
+    """
+    context: CliContext = ctx.obj
+    command = ctx.meta["job_argv"]
+    if command is not None and task is not None:
+        raise InvalidInput(
+            f"give a task name or a command after --, not both ({task!r} and a command)"
+        )
+    if command is None and task is None:
+        raise InvalidInput("nothing to enqueue: give a task name or a command after --")
+    if command == []:
+        raise InvalidInput("the command after -- is empty")
+    job = context.queue.enqueue(
+        command,
+        task=task,
+        params=_pairs("--param", param_items),
+        env=_pairs("--env", env_items),
+        run_at=_timestamp(run_at),
+        tags=list(options.pop("tags")) or None,
+        **options,
+    )
+    if as_json:
+        _print_json(job.to_json())
+    else:
+        click.echo(job.id)
+
+
+@cli.command(name="list")
+@click.option(
+    "--status", "statuses", multiple=True, help="Only jobs with this status (repeatable)."
+)
+@click.option("--queue", "queues", multiple=True, help="Only jobs of this queue (repeatable).")
+@click.option("--task", "tasks", multiple=True, help="Only jobs of this task (repeatable).")
+@click.option("--limit", type=int, default=50, show_default=True, help="At most this many jobs.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of jobs.")
+@pass_context
+def list_jobs(
+    context: CliContext,
+    statuses: Sequence[str],
+    queues: Sequence[str],
+    tasks: Sequence[str],
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List jobs, newest first."""
+    jobs = context.queue.list(status=statuses, queue=queues, task=tasks, limit=limit)
+    if as_json:
+        _print_json([job.to_json() for job in jobs])
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("ID", "STATUS", "QUEUE", "JOB", "TRY", "PROGRESS", "CREATED", "REASON"):
+        table.add_column(column, overflow="fold")
+    for job in jobs:
+        table.add_row(
+            str(job.id),
+            _styled_status(job.status),
+            escape(job.queue),
+            escape(_describe(job)),
+            f"{job.attempt}/{job.max_attempts}",
+            escape(_progress(job)),
+            _when(job.created_at),
+            job.failure_reason.value if job.failure_reason else "",
+        )
+    stdout.print(table)
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the job as JSON.")
+@pass_context
+def show(context: CliContext, job_id: int, as_json: bool) -> None:
+    """Show one job: its state, how it ended, and its history."""
+    job = context.queue.get(job_id)
+    if as_json:
+        _print_json(job.to_json())
+        return
+    fields = job.to_json()
+    table = Table.grid(padding=(0, 2))
+    table.add_column(style="bold")
+    table.add_column(overflow="fold")
+    for name, value in fields.items():
+        if value in (None, [], {}) or name == "diagnosis":
+            continue
+        shown = _styled_status(job.status) if name == "status" else escape(_plain(value))
+        table.add_row(name, shown)
+    stdout.print(table)
+    history = context.queue.events(job_id)
+    if history:
+        stdout.print("\n[bold]events[/bold]")
+        for event in history:
+            stdout.print(
+                f"  {_when(event.at)}  {event.kind:<16} {event.message}",
+                highlight=False,
+                markup=False,
+            )
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@pass_context
+def cancel(context: CliContext, job_id: int) -> None:
+    """Cancel a pending job; ask the worker to stop a running one."""
+    job = context.queue.cancel(job_id)
+    if job.status == JobStatus.RUNNING:
+        click.echo(f"job {job.id}: cancel requested; its worker stops it")
+    else:
+        click.echo(f"job {job.id}: {job.status.value}")
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@pass_context
+def retry(context: CliContext, job_id: int) -> None:
+    """Run a failed or cancelled job again."""
+    job = context.queue.retry(job_id)
+    click.echo(
+        f"job {job.id}: {job.status.value} (attempt {job.attempt + 1} of {job.max_attempts})"
+    )
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the counts as JSON.")
+@pass_context
+def stats(context: CliContext, as_json: bool) -> None:
+    """Job counts by queue and status."""
+    counts = context.queue.stats()
+    if as_json:
+        _print_json({"queues": counts, "totals": _totals(counts)})
+        return
+    statuses = [status.value for status in JobStatus]
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    table.add_column("QUEUE")
+    for status in statuses:
+        table.add_column(status.upper(), justify="right")
+    rows = {**counts, "(all)": _totals(counts)} if counts else {}
+    for queue, by_status in rows.items():
+        table.add_row(queue, *(str(by_status.get(status, 0)) for status in statuses))
+    stdout.print(table)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Entry point: run the CLI and turn batchjob's errors into one line and an exit code."""
+    try:
+        cli.main(
+            args=list(argv) if argv is not None else None,
+            prog_name="batchjob",
+            standalone_mode=False,
+        )
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.Abort:
+        click.echo("batchjob: aborted", err=True)
+        sys.exit(130)
+    except BatchJobError as exc:
+        click.echo(f"batchjob: error: {' '.join(str(exc).split())}", err=True)
+        sys.exit(exc.exit_code)
+    sys.exit(0)
+
+
+def _pairs(option: str, items: Sequence[str]) -> dict[str, str] | None:
+    if not items:
+        return None
+    pairs = {}
+    for item in items:
+        name, separator, value = item.partition("=")
+        if not separator or not name:
+            raise InvalidInput(f"{option}: expected NAME=VALUE, got {item!r}")
+        pairs[name] = value
+    return pairs
+
+
+def _timestamp(text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InvalidInput(
+            f"--run-at: {text!r} is not an ISO 8601 time (e.g. 2026-12-01T03:00:00Z)"
+        ) from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def _totals(counts: Mapping[str, Mapping[str, int]]) -> dict[str, int]:
+    totals: dict[str, int] = {}
+    for by_status in counts.values():
+        for status, count in by_status.items():
+            totals[status] = totals.get(status, 0) + count
+    return totals
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, ensure_ascii=False, indent=2))
+
+
+def _styled_status(status: JobStatus) -> str:
+    return f"[{STATUS_STYLES[status]}]{status.value}[/]"
+
+
+def _describe(job: Job) -> str:
+    text = job.task if job.task else " ".join(job.command)
+    return text if len(text) <= 60 else text[:59] + "…"
+
+
+def _progress(job: Job) -> str:
+    counts = ""
+    if job.progress_current is not None and job.progress_total:
+        counts = f"{job.progress_current}/{job.progress_total} "
+    return (counts + (job.progress_message or "")).strip()
+
+
+def _when(moment: datetime | None) -> str:
+    return moment.strftime("%Y-%m-%d %H:%M:%S") if moment else ""
+
+
+def _plain(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+if __name__ == "__main__":
+    main()

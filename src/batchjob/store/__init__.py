@@ -1,0 +1,783 @@
+"""The one seam to the database: a method per intention, each a short transaction.
+
+Every write the worker makes after a claim is fenced by `id AND lease_token AND
+status='running'`: zero rows changed means the lease was lost, and the caller must stop.
+Times come from the database clock (`db_now`), never from the caller's.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from sqlalchemy import (
+    Connection,
+    Row,
+    and_,
+    bindparam,
+    case,
+    create_engine,
+    func,
+    insert,
+    inspect,
+    or_,
+    select,
+    update,
+)
+from sqlalchemy.engine import URL
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+
+from batchjob.errors import DuplicateJob, InvalidTransition, JobNotFound, StoreUnavailable
+from batchjob.model import Event, FailureReason, Job, JobStatus, NewJob
+from batchjob.redact import mask_url_passwords
+from batchjob.store import dialects, migrations
+from batchjob.store.schema import Moment, concurrency_locks, events, jobs
+
+T = TypeVar("T")
+
+# Pauses before retrying a transaction that failed for a passing reason (lost connection,
+# server restart, deadlock); after the last one the error reaches the caller.
+RETRY_DELAYS_SECONDS = (0.1, 0.3, 1.0)
+# A claim locks a few more due rows than it has slots, so that rows it must skip for their
+# concurrency_key do not leave slots idle.
+CLAIM_CANDIDATE_FACTOR = 2
+# Deadlock / serialization / lock-wait codes: the transaction can simply run again.
+_RETRYABLE_CODES = {"1205", "1213", "40001", "40P01"}
+
+PENDING, RUNNING = JobStatus.PENDING.value, JobStatus.RUNNING.value
+RETRYABLE_STATUSES = (JobStatus.FAILED.value, JobStatus.CANCELLED.value)
+FINISHED_STATUSES = (JobStatus.COMPLETED.value, *RETRYABLE_STATUSES)
+
+
+@dataclass(frozen=True)
+class Lease:
+    """The right to write to one attempt of a job; a new claim makes a new token."""
+
+    job_id: int
+    token: str
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    job: Job
+    lease: Lease
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How an attempt ended, as the worker reports it to `finish`."""
+
+    status: JobStatus
+    exit_code: int | None = None
+    signal: int | None = None
+    failure_reason: FailureReason | None = None
+    error_summary: str | None = None
+    hint: str | None = None
+    peak_rss_bytes: int | None = None
+    peak_open_fds: int | None = None
+    retry_delay: float | None = None
+    """With status PENDING: seconds until the next attempt is due."""
+
+
+class Store:
+    """Jobs, events and workers in one of the three supported databases."""
+
+    def __init__(self, url: str) -> None:
+        self.url: URL = dialects.normalise_url(url)
+        self.display_url = mask_url_passwords(url)
+        options = dialects.engine_options(self.url)
+        self._engine = create_engine(self.url, json_serializer=_json_dumps, **options)
+        dialects.prepare_engine(self._engine)
+        self._recycle_checked = False
+
+    @property
+    def dialect_name(self) -> str:
+        return self._engine.dialect.name
+
+    def close(self) -> None:
+        """Close every pooled connection (a forked child must never reuse one)."""
+        self._engine.dispose()
+
+    # ---- schema -------------------------------------------------------------------------
+
+    def upgrade_schema(self) -> tuple[int, int]:
+        """Create or upgrade the tables; returns the (previous, current) schema version."""
+        return self._attempt(lambda: migrations.upgrade(self._engine))
+
+    def schema_version(self) -> int:
+        return self._run(migrations.current_version, read_only=True)
+
+    # ---- enqueue and read -----------------------------------------------------------------
+
+    def enqueue(
+        self, new_jobs: Sequence[NewJob], connection: Connection | None = None
+    ) -> list[Job]:
+        """Store jobs in one transaction: all of them or, on any error, none.
+
+        With `connection`, the insert joins the caller's open transaction (inside a savepoint,
+        so a duplicate unique_key does not spoil it) and is committed or rolled back with it.
+        """
+        if not new_jobs:
+            return []
+        _reject_duplicate_keys_within(new_jobs)
+        rows = [_insert_parameters(new_job) for new_job in new_jobs]
+        try:
+            if connection is not None:
+                with connection.begin_nested():
+                    return self._insert_jobs(connection, rows)
+            # Not retried: a commit whose answer was lost might otherwise store a job twice.
+            return self._run(lambda conn: self._insert_jobs(conn, rows), retry=False)
+        except IntegrityError as exc:
+            keys = [row["unique_key"] for row in rows if row["unique_key"] is not None]
+            raise self._duplicate_error(keys) from exc
+
+    def get(self, job_id: int) -> Job:
+        def read(conn: Connection) -> Job:
+            row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
+            if row is None:
+                raise JobNotFound(job_id)
+            return self._with_diagnoses(conn, [row])[0]
+
+        return self._run(read, read_only=True)
+
+    def list_jobs(
+        self,
+        *,
+        statuses: Iterable[JobStatus] = (),
+        queues: Iterable[str] = (),
+        tasks: Iterable[str] = (),
+        limit: int = 50,
+    ) -> list[Job]:
+        """Newest first, optionally filtered by status, queue and task."""
+        query = select(jobs).order_by(jobs.c.id.desc()).limit(limit)
+        if status_names := [status.value for status in statuses]:
+            query = query.where(jobs.c.status.in_(status_names))
+        if queues := list(queues):
+            query = query.where(jobs.c.queue.in_(queues))
+        if tasks := list(tasks):
+            query = query.where(jobs.c.task.in_(tasks))
+        return self._run(
+            lambda conn: self._with_diagnoses(conn, conn.execute(query).all()), read_only=True
+        )
+
+    def events(self, job_id: int) -> list[Event]:
+        """The job's history, oldest first."""
+        query = select(events).where(events.c.job_id == job_id).order_by(events.c.id)
+        return self._run(
+            lambda conn: [_event_from_row(row) for row in conn.execute(query)], read_only=True
+        )
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        """Job counts by queue, then by status."""
+        query = select(jobs.c.queue, jobs.c.status, func.count()).group_by(
+            jobs.c.queue, jobs.c.status
+        )
+        counts: dict[str, dict[str, int]] = {}
+        for queue, status, count in self._run(
+            lambda conn: conn.execute(query).all(), read_only=True
+        ):
+            counts.setdefault(queue, {})[status] = int(count)
+        return counts
+
+    # ---- operator actions -----------------------------------------------------------------
+
+    def cancel(self, job_id: int) -> Job:
+        """Cancel a pending job at once; ask the worker of a running job to stop it."""
+
+        def cancel(conn: Connection) -> Job:
+            status = self._status_for_update(conn, job_id)
+            if status == PENDING:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.status == PENDING)
+                    .values(
+                        status=JobStatus.CANCELLED.value,
+                        failure_reason=FailureReason.CANCELLED.value,
+                        **_finished_values(),
+                    )
+                )
+                _record_event(conn, job_id, "cancelled", "cancelled while pending")
+            elif status == RUNNING:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id == job_id, jobs.c.status == RUNNING)
+                    .values(
+                        cancel_requested_at=func.coalesce(
+                            jobs.c.cancel_requested_at, dialects.db_now()
+                        )
+                    )
+                )
+                _record_event(conn, job_id, "cancel_requested", "cancel requested while running")
+            elif status != JobStatus.CANCELLED.value:
+                raise InvalidTransition(f"job {job_id} is {status}; it cannot be cancelled")
+            return _job_from_row(self._row(conn, job_id))
+
+        return self._run(cancel)
+
+    def retry(self, job_id: int) -> Job:
+        """Put a failed or cancelled job back to pending, with one more attempt if needed."""
+
+        def retry(conn: Connection) -> Job:
+            status = self._status_for_update(conn, job_id)
+            if status not in RETRYABLE_STATUSES:
+                raise InvalidTransition(
+                    f"job {job_id} is {status}; only failed or cancelled jobs can be retried"
+                )
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id == job_id, jobs.c.status.in_(RETRYABLE_STATUSES))
+                .values(
+                    status=PENDING,
+                    run_at=dialects.db_now(),
+                    max_attempts=case(
+                        (jobs.c.max_attempts > jobs.c.attempt, jobs.c.max_attempts),
+                        else_=jobs.c.attempt + 1,
+                    ),
+                    active_unique_key=jobs.c.unique_key,
+                    completed_at=None,
+                    cancel_requested_at=None,
+                    **_cleared_result_values(),
+                )
+            )
+            _record_event(conn, job_id, "retried", f"retried by request after being {status}")
+            return _job_from_row(self._row(conn, job_id))
+
+        try:
+            return self._run(retry)
+        except IntegrityError as exc:
+            key = self.get(job_id).unique_key
+            raise self._duplicate_error([key] if key else []) from exc
+
+    # ---- the worker's side ----------------------------------------------------------------
+
+    def claim(
+        self,
+        worker_id: str,
+        queues: Sequence[str] | None,
+        limit: int,
+        lease_timeout: float,
+    ) -> list[ClaimedJob]:
+        """Atomically take up to `limit` due jobs, respecting every concurrency_key's limit."""
+        if limit <= 0:
+            return []
+
+        def claim(conn: Connection) -> list[ClaimedJob]:
+            candidates = conn.execute(_due_jobs_query(conn, queues, limit)).all()
+            chosen = _admit_within_concurrency(conn, candidates, limit)
+            if not chosen:
+                return []
+            token = uuid.uuid4().hex
+            conn.execute(
+                update(jobs)
+                .where(jobs.c.id.in_(chosen), jobs.c.status == PENDING)
+                .values(
+                    status=RUNNING,
+                    attempt=jobs.c.attempt + 1,
+                    lease_token=token,
+                    lease_expires_at=dialects.db_now_plus(lease_timeout),
+                    started_at=dialects.db_now(),
+                    worker_id=worker_id,
+                    pid=None,
+                    progress_message=None,
+                    progress_current=None,
+                    progress_total=None,
+                    **_cleared_result_values(),
+                )
+            )
+            rows = conn.execute(
+                select(jobs).where(jobs.c.id.in_(chosen), jobs.c.lease_token == token)
+            ).all()
+            claimed = {row.id: _job_from_row(row) for row in rows}
+            _record_events(
+                conn,
+                [
+                    (job, "claimed", f"claimed by {worker_id} for attempt {job.attempt}")
+                    for job in claimed.values()
+                ],
+                worker_id=worker_id,
+            )
+            return [ClaimedJob(claimed[job_id], Lease(job_id, token)) for job_id in chosen]
+
+        return self._run(claim)
+
+    def heartbeat(self, lease: Lease, lease_timeout: float, pid: int | None = None) -> bool:
+        """Extend the lease; False means it is lost and the attempt must stop writing."""
+        values: dict[str, Any] = {"lease_expires_at": dialects.db_now_plus(lease_timeout)}
+        if pid is not None:
+            values["pid"] = pid
+        return self._fenced_update(lease, values)
+
+    def report_progress(
+        self, lease: Lease, message: str | None, current: int | None, total: int | None
+    ) -> bool:
+        return self._fenced_update(
+            lease,
+            {"progress_message": message, "progress_current": current, "progress_total": total},
+        )
+
+    def finish(self, lease: Lease, outcome: Outcome) -> bool:
+        """Record how the attempt ended; PENDING means: try again after `retry_delay`."""
+        values: dict[str, Any] = {
+            "status": outcome.status.value,
+            "exit_code": outcome.exit_code,
+            "signal": outcome.signal,
+            "failure_reason": outcome.failure_reason.value if outcome.failure_reason else None,
+            "error_summary": outcome.error_summary,
+            "hint": outcome.hint,
+            "peak_rss_bytes": outcome.peak_rss_bytes,
+            "peak_open_fds": outcome.peak_open_fds,
+            "lease_token": None,
+            "lease_expires_at": None,
+        }
+        if outcome.status == JobStatus.PENDING:
+            values["run_at"] = dialects.db_now_plus(outcome.retry_delay or 0.0)
+        elif outcome.status.is_finished:
+            values.update(_finished_values())
+        else:
+            raise ValueError(f"an attempt cannot finish as {outcome.status}")
+        return self._fenced_update(lease, values)
+
+    def rescue_expired(self) -> list[Job]:
+        """Running jobs whose lease expired by the database clock: retry or fail them."""
+
+        def rescue(conn: Connection) -> list[Job]:
+            expired = select(jobs.c.id, jobs.c.attempt, jobs.c.max_attempts).where(
+                jobs.c.status == RUNNING, jobs.c.lease_expires_at < dialects.db_now()
+            )
+            if dialects.supports_skip_locked(conn):
+                expired = expired.with_for_update(skip_locked=True)
+            found = conn.execute(expired).all()
+            if not found:
+                return []
+            retry = [row.id for row in found if row.attempt < row.max_attempts]
+            fail = [row.id for row in found if row.attempt >= row.max_attempts]
+            still_expired = and_(
+                jobs.c.status == RUNNING, jobs.c.lease_expires_at < dialects.db_now()
+            )
+            released = {"lease_token": None, "lease_expires_at": None}
+            if retry:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(retry), still_expired)
+                    .values(status=PENDING, run_at=dialects.db_now(), **released)
+                )
+            if fail:
+                conn.execute(
+                    update(jobs)
+                    .where(jobs.c.id.in_(fail), still_expired)
+                    .values(
+                        status=JobStatus.FAILED.value,
+                        failure_reason=FailureReason.WORKER_LOST.value,
+                        error_summary="the lease expired: the worker died or lost the database",
+                        **released,
+                        **_finished_values(),
+                    )
+                )
+            rows = conn.execute(select(jobs).where(jobs.c.id.in_([row.id for row in found]))).all()
+            rescued = [_job_from_row(row) for row in rows]
+            _record_events(
+                conn,
+                [
+                    (
+                        job,
+                        "rescued",
+                        f"lease of attempt {job.attempt} expired; job is now {job.status}",
+                    )
+                    for job in rescued
+                ],
+            )
+            return rescued
+
+        return self._run(rescue)
+
+    def record_event(
+        self,
+        job_id: int,
+        kind: str,
+        message: str,
+        *,
+        data: Mapping[str, Any] | None = None,
+        worker_id: str | None = None,
+    ) -> None:
+        self._run(
+            lambda conn: _record_event(conn, job_id, kind, message, data=data, worker_id=worker_id)
+        )
+
+    # ---- internals ------------------------------------------------------------------------
+
+    def _insert_jobs(self, conn: Connection, rows: list[dict[str, Any]]) -> list[Job]:
+        statement = insert(jobs).values(
+            created_at=dialects.db_now(),
+            run_at=func.coalesce(
+                bindparam("run_at_given", type_=Moment),
+                dialects.db_now_plus(bindparam("delay_seconds")),
+            ),
+        )
+        if conn.dialect.insert_executemany_returning_sort_by_parameter_order or (
+            len(rows) == 1 and conn.dialect.insert_returning
+        ):
+            result = conn.execute(statement.returning(*jobs.c, sort_by_parameter_order=True), rows)
+            return [_job_from_row(row) for row in result]
+        # No RETURNING for many rows here (MySQL 8): insert one by one, still one transaction.
+        ids = [conn.execute(statement, row).lastrowid for row in rows]
+        by_id = {row.id: row for row in conn.execute(select(jobs).where(jobs.c.id.in_(ids)))}
+        return [_job_from_row(by_id[job_id]) for job_id in ids]
+
+    def _duplicate_error(self, keys: list[str]) -> DuplicateJob:
+        if not keys:
+            return DuplicateJob("?", None)
+        query = select(jobs.c.active_unique_key, jobs.c.id).where(
+            jobs.c.active_unique_key.in_(keys)
+        )
+        holders: dict[str, int] = {
+            key: int(job_id)
+            for key, job_id in self._run(lambda conn: conn.execute(query).all(), read_only=True)
+        }
+        for key in keys:
+            if key in holders:
+                return DuplicateJob(key, holders[key])
+        return DuplicateJob(keys[0], None)
+
+    def _fenced_update(self, lease: Lease, values: dict[str, Any]) -> bool:
+        statement = (
+            update(jobs)
+            .where(
+                jobs.c.id == lease.job_id,
+                jobs.c.lease_token == lease.token,
+                jobs.c.status == RUNNING,
+            )
+            .values(**values)
+        )
+        return self._run(lambda conn: conn.execute(statement).rowcount == 1)
+
+    def _status_for_update(self, conn: Connection, job_id: int) -> str:
+        query = select(jobs.c.status).where(jobs.c.id == job_id)
+        if dialects.supports_skip_locked(conn):
+            query = query.with_for_update()
+        status = conn.execute(query).scalar()
+        if status is None:
+            raise JobNotFound(job_id)
+        return str(status)
+
+    @staticmethod
+    def _row(conn: Connection, job_id: int) -> Row[Any]:
+        return conn.execute(select(jobs).where(jobs.c.id == job_id)).one()
+
+    @staticmethod
+    def _with_diagnoses(conn: Connection, rows: Sequence[Row[Any]]) -> list[Job]:
+        """Jobs with their latest stored diagnosis attached (one query for all of them)."""
+        ids = [row.id for row in rows]
+        latest: dict[int, Mapping[str, Any]] = {}
+        if ids:
+            query = (
+                select(events.c.job_id, events.c.data)
+                .where(events.c.job_id.in_(ids), events.c.kind == "diagnosis")
+                .order_by(events.c.id)
+            )
+            latest = {job_id: data for job_id, data in conn.execute(query) if data is not None}
+        return [_job_from_row(row, diagnosis=latest.get(row.id)) for row in rows]
+
+    def _run(
+        self,
+        operation: Callable[[Connection], T],
+        *,
+        read_only: bool = False,
+        retry: bool = True,
+    ) -> T:
+        """Run `operation` in one transaction, again after a passing failure when allowed."""
+
+        def transaction() -> T:
+            with self._engine.connect() as conn:
+                if read_only:
+                    conn.execution_options(**{dialects.READ_ONLY_OPTION: True})
+                self._check_recycle(conn)
+                with conn.begin():
+                    return operation(conn)
+
+        return self._attempt(transaction, retry=retry)
+
+    def _attempt(self, transaction: Callable[[], T], *, retry: bool = True) -> T:
+        delays = RETRY_DELAYS_SECONDS if retry else ()
+        for delay in (*delays, None):
+            try:
+                return transaction()
+            except IntegrityError:
+                raise
+            except DBAPIError as exc:
+                if delay is None or not _is_passing(exc):
+                    raise self._unavailable(exc) from exc
+                time.sleep(delay)
+        raise AssertionError("unreachable: the last delay is None")
+
+    def _check_recycle(self, conn: Connection) -> None:
+        """Recycle pooled connections before the server's wait_timeout closes them."""
+        if self._recycle_checked:
+            return
+        self._recycle_checked = True
+        recycle = dialects.recycle_below_wait_timeout(conn)
+        conn.rollback()
+        if recycle is not None and recycle < self._engine.pool._recycle:
+            self._engine.pool._recycle = recycle
+
+    def _unavailable(self, exc: DBAPIError) -> StoreUnavailable:
+        reason = " ".join(str(exc.orig).split())
+        if dialects.is_missing_table_error(reason) and not self._has_schema():
+            return StoreUnavailable(
+                f"{self.display_url} has no batchjob schema: run `batchjob init`"
+            )
+        return StoreUnavailable(f"cannot use the database {self.display_url}: {reason}")
+
+    def _has_schema(self) -> bool:
+        try:
+            with self._engine.connect() as conn:
+                return bool(inspect(conn).has_table(jobs.name))
+        except DBAPIError:
+            return False
+
+
+def _is_passing(exc: DBAPIError) -> bool:
+    """A failure that running the transaction again may cure."""
+    if exc.connection_invalidated or isinstance(exc, OperationalError):
+        return not dialects.is_missing_table_error(str(exc.orig))
+    code = getattr(exc.orig, "sqlstate", None) or (getattr(exc.orig, "args", None) or [None])[0]
+    return str(code) in _RETRYABLE_CODES
+
+
+def _due_jobs_query(conn: Connection, queues: Sequence[str] | None, limit: int) -> Any:
+    """Due pending jobs in claim order, skipping rows other claimers hold and full keys."""
+    running = jobs.alias("running")
+    running_with_same_key = (
+        select(func.count())
+        .select_from(running)
+        .where(running.c.concurrency_key == jobs.c.concurrency_key, running.c.status == RUNNING)
+        .scalar_subquery()
+    )
+    query = (
+        select(jobs.c.id, jobs.c.concurrency_key, jobs.c.max_concurrency)
+        .where(
+            jobs.c.status == PENDING,
+            jobs.c.run_at <= dialects.db_now(),
+            or_(
+                jobs.c.concurrency_key.is_(None),
+                running_with_same_key < func.coalesce(jobs.c.max_concurrency, 1),
+            ),
+        )
+        .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
+        .limit(limit * CLAIM_CANDIDATE_FACTOR)
+    )
+    if queues:
+        query = query.where(jobs.c.queue.in_(list(queues)))
+    if dialects.supports_skip_locked(conn):
+        query = query.with_for_update(skip_locked=True, of=jobs)
+    return query
+
+
+def _admit_within_concurrency(
+    conn: Connection, candidates: Sequence[Row[Any]], limit: int
+) -> list[int]:
+    """The candidates that fit their concurrency_key's free slots, in claim order.
+
+    The key's lock row is held until the claim commits, so a concurrent claimer counts the
+    jobs this one admits.
+    """
+    keys = sorted({row.concurrency_key for row in candidates if row.concurrency_key is not None})
+    running: dict[str, int] = {}
+    if keys:
+        conn.execute(
+            dialects.insert_ignoring_duplicates(conn, concurrency_locks),
+            [{"concurrency_key": key} for key in keys],
+        )
+        lock = (
+            select(concurrency_locks.c.concurrency_key)
+            .where(concurrency_locks.c.concurrency_key.in_(keys))
+            .order_by(concurrency_locks.c.concurrency_key)
+        )
+        if dialects.supports_skip_locked(conn):
+            lock = lock.with_for_update()
+        conn.execute(lock).all()
+        counts = conn.execute(
+            select(jobs.c.concurrency_key, func.count())
+            .where(jobs.c.concurrency_key.in_(keys), jobs.c.status == RUNNING)
+            .group_by(jobs.c.concurrency_key)
+        ).all()
+        running = {key: int(count) for key, count in counts}
+    chosen: list[int] = []
+    for row in candidates:
+        if row.concurrency_key is not None:
+            in_use = running.get(row.concurrency_key, 0)
+            if in_use >= (row.max_concurrency or 1):
+                continue
+            running[row.concurrency_key] = in_use + 1
+        chosen.append(row.id)
+        if len(chosen) == limit:
+            break
+    return chosen
+
+
+def _finished_values() -> dict[str, Any]:
+    """Columns every move into an end state sets: the end time and the released unique_key."""
+    return {"completed_at": dialects.db_now(), "active_unique_key": None}
+
+
+def _cleared_result_values() -> dict[str, Any]:
+    return {
+        "exit_code": None,
+        "signal": None,
+        "failure_reason": None,
+        "error_summary": None,
+        "hint": None,
+    }
+
+
+def _insert_parameters(new_job: NewJob) -> dict[str, Any]:
+    return {
+        "queue": new_job.queue,
+        "task": new_job.task,
+        "command": list(new_job.command),
+        "params": dict(new_job.params),
+        "env": dict(new_job.env),
+        "cwd": new_job.cwd,
+        "tags": list(new_job.tags),
+        "status": PENDING,
+        "priority": new_job.priority,
+        "attempt": 0,
+        "max_attempts": new_job.max_attempts,
+        "run_at_given": new_job.run_at,
+        "delay_seconds": float(new_job.delay),
+        "unique_key": new_job.unique_key,
+        "active_unique_key": new_job.unique_key,
+        "concurrency_key": new_job.concurrency_key,
+        "max_concurrency": new_job.max_concurrency,
+        "timeout": new_job.timeout,
+        "stall_timeout": new_job.stall_timeout,
+        "stall_action": new_job.stall_action,
+        "retry_backoff": new_job.retry_backoff,
+        "memory_limit": new_job.memory_limit,
+    }
+
+
+def _reject_duplicate_keys_within(new_jobs: Sequence[NewJob]) -> None:
+    seen: set[str] = set()
+    for new_job in new_jobs:
+        if new_job.unique_key is None:
+            continue
+        if new_job.unique_key in seen:
+            raise DuplicateJob(new_job.unique_key, None)
+        seen.add(new_job.unique_key)
+
+
+def _record_event(
+    conn: Connection,
+    job_id: int,
+    kind: str,
+    message: str,
+    *,
+    data: Mapping[str, Any] | None = None,
+    worker_id: str | None = None,
+) -> None:
+    attempt = select(jobs.c.attempt).where(jobs.c.id == job_id).scalar_subquery()
+    conn.execute(
+        insert(events).values(
+            job_id=job_id,
+            attempt=func.coalesce(attempt, 0),
+            kind=kind,
+            at=dialects.db_now(),
+            message=message,
+            data=dict(data) if data is not None else None,
+            worker_id=worker_id,
+        )
+    )
+
+
+def _record_events(
+    conn: Connection,
+    entries: Sequence[tuple[Job, str, str]],
+    *,
+    worker_id: str | None = None,
+) -> None:
+    if not entries:
+        return
+    conn.execute(
+        insert(events).values(at=dialects.db_now()),
+        [
+            {
+                "job_id": job.id,
+                "attempt": job.attempt,
+                "kind": kind,
+                "message": message,
+                "worker_id": worker_id,
+                "data": None,
+            }
+            for job, kind, message in entries
+        ],
+    )
+
+
+def _job_from_row(row: Row[Any], diagnosis: Mapping[str, Any] | None = None) -> Job:
+    return Job(
+        id=row.id,
+        queue=row.queue,
+        task=row.task,
+        command=list(row.command),
+        status=JobStatus(row.status),
+        priority=row.priority,
+        attempt=row.attempt,
+        max_attempts=row.max_attempts,
+        created_at=row.created_at,
+        run_at=row.run_at,
+        params=row.params or {},
+        env=row.env or {},
+        cwd=row.cwd,
+        tags=list(row.tags or []),
+        unique_key=row.unique_key,
+        concurrency_key=row.concurrency_key,
+        max_concurrency=row.max_concurrency,
+        timeout=row.timeout,
+        stall_timeout=row.stall_timeout,
+        stall_action=row.stall_action,
+        retry_backoff=row.retry_backoff,
+        memory_limit=row.memory_limit,
+        progress_message=row.progress_message,
+        progress_current=row.progress_current,
+        progress_total=row.progress_total,
+        started_at=row.started_at,
+        completed_at=row.completed_at,
+        cancel_requested_at=row.cancel_requested_at,
+        exit_code=row.exit_code,
+        signal=row.signal,
+        failure_reason=FailureReason(row.failure_reason) if row.failure_reason else None,
+        error_summary=row.error_summary,
+        hint=row.hint,
+        log_path=row.log_path,
+        worker_id=row.worker_id,
+        pid=row.pid,
+        lease_expires_at=row.lease_expires_at,
+        peak_rss_bytes=row.peak_rss_bytes,
+        peak_open_fds=row.peak_open_fds,
+        diagnosis=diagnosis,
+    )
+
+
+def _event_from_row(row: Row[Any]) -> Event:
+    return Event(
+        id=row.id,
+        job_id=row.job_id,
+        attempt=row.attempt,
+        kind=row.kind,
+        at=row.at,
+        message=row.message,
+        worker_id=row.worker_id,
+        data=row.data,
+    )
+
+
+def _json_dumps(value: Any) -> str:
+    """Store JSON as readable UTF-8 (第六竹石, not \\u7b2c...)."""
+    return json.dumps(value, ensure_ascii=False)
+
+
+__all__ = ["ClaimedJob", "Lease", "Outcome", "Store"]

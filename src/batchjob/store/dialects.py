@@ -1,0 +1,164 @@
+"""The only module that says sqlite, mysql or postgresql: what differs between the databases.
+
+Everything else in the store is written once, against SQLAlchemy Core, and asks here for the
+few things that differ: the database clock, connection set-up, locking, insert-or-ignore and
+the migration lock.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import Connection, Engine, Float, FunctionElement, Table, event, make_url, text
+from sqlalchemy.dialects import mysql, postgresql, sqlite
+from sqlalchemy.engine import URL
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql import ColumnElement, Insert, literal
+from sqlalchemy.sql.compiler import SQLCompiler
+
+from batchjob.store.schema import Moment
+
+CONNECT_TIMEOUT_SECONDS = 5
+SQLITE_BUSY_TIMEOUT_SECONDS = 30
+READ_ONLY_OPTION = "batchjob_read_only"
+
+
+class db_now_plus(FunctionElement[Any]):
+    """The database's UTC clock plus a number of seconds: leases are judged by one clock."""
+
+    type = Moment
+    inherit_cache = True
+    name = "db_now_plus"
+
+
+def db_now() -> ColumnElement[Any]:
+    """The database's current UTC time (naive), as every stored time is."""
+    return db_now_plus(literal(0.0, Float()))
+
+
+@compiles(db_now_plus, "sqlite")
+def _sqlite_now(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    # The same text form SQLAlchemy stores, microseconds included, so strings compare in order.
+    seconds = compiler.process(element.clauses, **kw)
+    return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', printf('%+.6f seconds', {seconds}))"
+
+
+@compiles(db_now_plus, "postgresql")
+def _postgresql_now(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"((clock_timestamp() AT TIME ZONE 'UTC') + ({seconds}) * interval '1 second')"
+
+
+@compiles(db_now_plus, "mysql")
+@compiles(db_now_plus, "mariadb")
+def _mysql_now(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    seconds = compiler.process(element.clauses, **kw)
+    return f"(UTC_TIMESTAMP(6) + INTERVAL ROUND(({seconds}) * 1000000) MICROSECOND)"
+
+
+def normalise_url(url: str) -> URL:
+    """Parse the URL and pick the drivers and options batchjob is tested with."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend in ("mysql", "mariadb"):
+        if parsed.drivername in ("mysql", "mariadb"):
+            parsed = parsed.set(drivername=f"{backend}+pymysql")
+        parsed = parsed.update_query_dict({"charset": "utf8mb4"})
+    elif backend == "postgresql" and parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    return parsed
+
+
+def engine_options(url: URL) -> dict[str, Any]:
+    """create_engine() keywords: pooling, timeouts and isolation for this database."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
+    options: dict[str, Any] = {
+        "pool_pre_ping": True,
+        "pool_recycle": 3600,
+        "pool_size": 5,
+        "max_overflow": 10,
+        "isolation_level": "READ COMMITTED",
+    }
+    options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    return options
+
+
+def prepare_engine(engine: Engine) -> None:
+    """Per-connection set-up: WAL and explicit write transactions on SQLite."""
+    if engine.dialect.name != "sqlite":
+        return
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: sqlite3.Connection, _record: object) -> None:
+        # Let SQLAlchemy's "begin" hook issue BEGIN itself (pysqlite's own is deferred and late).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        # A write transaction takes the lock up front, so a claim never fails half-way with
+        # SQLITE_BUSY on upgrade; plain reads stay deferred and never wait on writers (WAL).
+        if connection.get_execution_options().get(READ_ONLY_OPTION):
+            connection.exec_driver_sql("BEGIN DEFERRED")
+        else:
+            connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def recycle_below_wait_timeout(connection: Connection) -> int | None:
+    """Seconds a pooled connection may live on this server, or None where nothing closes it."""
+    if connection.dialect.name not in ("mysql", "mariadb"):
+        return None
+    wait_timeout = connection.execute(text("SELECT @@session.wait_timeout")).scalar_one()
+    return max(1, int(int(wait_timeout) * 0.8))
+
+
+def supports_skip_locked(connection: Connection) -> bool:
+    """Row locks exist on the server databases; SQLite serialises writers instead."""
+    return connection.dialect.name != "sqlite"
+
+
+def insert_ignoring_duplicates(connection: Connection, table: Table) -> Insert:
+    """INSERT that silently skips rows whose primary key already exists."""
+    name = connection.dialect.name
+    if name == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    if name == "sqlite":
+        return sqlite.insert(table).on_conflict_do_nothing()
+    return mysql.insert(table).prefix_with("IGNORE")
+
+
+def is_missing_table_error(message: str) -> bool:
+    """The error text each database gives for a table that does not exist."""
+    lowered = message.lower()
+    return any(
+        marker in lowered
+        for marker in ("no such table", "doesn't exist", "does not exist", "undefinedtable")
+    )
+
+
+@contextmanager
+def migration_lock(connection: Connection) -> Iterator[None]:
+    """Serialise concurrent `batchjob init` runs, whose DDL may commit on its own."""
+    name = connection.dialect.name
+    if name == "postgresql":
+        connection.execute(text("SELECT pg_advisory_lock(7412001)"))
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT pg_advisory_unlock(7412001)"))
+    elif name in ("mysql", "mariadb"):
+        connection.execute(text("SELECT GET_LOCK('batchjob_migrations', 60)"))
+        try:
+            yield
+        finally:
+            connection.execute(text("SELECT RELEASE_LOCK('batchjob_migrations')"))
+    else:
+        yield  # the IMMEDIATE transaction of the caller already excludes other writers

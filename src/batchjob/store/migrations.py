@@ -1,0 +1,63 @@
+"""Ordered, named, idempotent schema steps; `batchjob init` applies the missing ones.
+
+Step 1 creates the tables as `schema.py` describes them. A later change to a table adds a
+step that alters it only where the change is missing, so that a database created by any
+earlier version reaches the same schema.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from sqlalchemy import Connection, Engine, func, insert, inspect, select
+
+from batchjob.store import schema
+from batchjob.store.dialects import db_now, migration_lock
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    name: str
+    apply: Callable[[Connection], None]
+
+
+def _create_tables(connection: Connection) -> None:
+    schema.metadata.create_all(connection, checkfirst=True)
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(1, "create job, worker and event tables", _create_tables),
+)
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def current_version(connection: Connection) -> int:
+    """The newest applied step, 0 for a database batchjob has never touched."""
+    if not inspect(connection).has_table(schema.schema_versions.name):
+        return 0
+    newest = connection.execute(select(func.max(schema.schema_versions.c.version))).scalar()
+    return int(newest or 0)
+
+
+def upgrade(engine: Engine) -> tuple[int, int]:
+    """Apply every missing step, each in its own transaction; returns (from, to) versions."""
+    with engine.connect() as connection, migration_lock(connection):
+        start = None
+        while True:
+            # Read the version inside the step's own transaction: on SQLite that transaction
+            # is the lock that keeps a concurrent `init` from applying the same step.
+            version = current_version(connection)
+            start = version if start is None else start
+            if version >= LATEST_VERSION:
+                connection.commit()
+                return start, version
+            step = MIGRATIONS[version]
+            step.apply(connection)
+            connection.execute(
+                insert(schema.schema_versions).values(
+                    version=step.version, name=step.name, applied_at=db_now()
+                )
+            )
+            connection.commit()

@@ -1,0 +1,149 @@
+"""The tables, with the names of the system batchjob replaces, and the indexes claims rely on.
+
+Times are naive UTC, written by the database clock (see `dialects.db_now`). MySQL/MariaDB get
+microsecond DATETIME(6) and utf8mb4 so that `第六竹石` and sub-second leases round-trip.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Column,
+    DateTime,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+)
+from sqlalchemy.dialects import mysql
+
+metadata = MetaData()
+
+_MYSQL_TABLE: dict[str, Any] = {
+    "mysql_engine": "InnoDB",
+    "mysql_charset": "utf8mb4",
+    "mysql_collate": "utf8mb4_bin",
+}
+# SQLite only auto-increments an INTEGER PRIMARY KEY, so ids are BIGINT everywhere else.
+JobId = BigInteger().with_variant(Integer(), "sqlite")
+Moment = DateTime().with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
+
+jobs = Table(
+    "batch_job_queue",
+    metadata,
+    Column("id", JobId, primary_key=True, autoincrement=True),
+    Column("queue", String(128), nullable=False),
+    Column("task", String(255)),
+    Column("command", JSON, nullable=False),
+    Column("params", JSON, nullable=False),
+    Column("env", JSON, nullable=False),
+    Column("cwd", Text),
+    Column("tags", JSON, nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("priority", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("max_attempts", Integer, nullable=False),
+    Column("run_at", Moment, nullable=False),
+    # unique_key is kept for history; active_unique_key holds it only while the job is pending
+    # or running, and its plain unique index is what makes two enqueues with one key impossible
+    # on every database (MariaDB has no partial indexes).
+    Column("unique_key", String(255)),
+    Column("active_unique_key", String(255)),
+    Column("concurrency_key", String(255)),
+    Column("max_concurrency", Integer),
+    Column("timeout", Float),
+    Column("stall_timeout", Float),
+    Column("stall_action", String(16)),
+    Column("retry_backoff", Float),
+    Column("memory_limit", BigInteger),
+    Column("progress_message", Text),
+    Column("progress_current", BigInteger),
+    Column("progress_total", BigInteger),
+    Column("created_at", Moment, nullable=False),
+    Column("started_at", Moment),
+    Column("completed_at", Moment),
+    Column("cancel_requested_at", Moment),
+    Column("lease_token", String(36)),
+    Column("lease_expires_at", Moment),
+    Column("worker_id", String(255)),
+    Column("pid", Integer),
+    Column("exit_code", Integer),
+    Column("signal", Integer),
+    Column("failure_reason", String(32)),
+    Column("error_summary", Text),
+    Column("hint", Text),
+    Column("log_path", Text),
+    Column("peak_rss_bytes", BigInteger),
+    Column("peak_open_fds", Integer),
+    Index("ux_batch_job_queue_active_unique_key", "active_unique_key", unique=True),
+    **_MYSQL_TABLE,
+)
+# Claim: the pending rows in claim order, so the first due rows are found without a sort.
+Index(
+    "ix_batch_job_queue_claim",
+    jobs.c.status,
+    jobs.c.priority.desc(),
+    jobs.c.run_at,
+    jobs.c.id,
+)
+# Rescue: running rows by lease expiry; also serves `WHERE status = 'running' ORDER BY started_at`.
+Index("ix_batch_job_queue_lease", jobs.c.status, jobs.c.lease_expires_at)
+Index("ix_batch_job_queue_started", jobs.c.status, jobs.c.started_at)
+# Purge and the seed's `WHERE status = 'failed' ORDER BY completed_at DESC`.
+Index("ix_batch_job_queue_completed", jobs.c.status, jobs.c.completed_at)
+Index("ix_batch_job_queue_concurrency", jobs.c.concurrency_key, jobs.c.status)
+Index("ix_batch_job_queue_queue", jobs.c.queue, jobs.c.status)
+
+workers = Table(
+    "batch_job_workers",
+    metadata,
+    Column("id", String(255), primary_key=True),
+    Column("host", String(255), nullable=False),
+    Column("pid", Integer, nullable=False),
+    Column("version", String(64), nullable=False),
+    Column("queues", JSON, nullable=False),
+    Column("concurrency", Integer, nullable=False),
+    Column("started_at", Moment, nullable=False),
+    Column("last_seen", Moment, nullable=False),
+    Column("stopped_at", Moment),
+    **_MYSQL_TABLE,
+)
+
+events = Table(
+    "batch_job_events",
+    metadata,
+    Column("id", JobId, primary_key=True, autoincrement=True),
+    Column("job_id", BigInteger, nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("at", Moment, nullable=False),
+    Column("worker_id", String(255)),
+    Column("message", Text, nullable=False),
+    Column("data", JSON),
+    Index("ix_batch_job_events_job", "job_id", "id"),
+    **_MYSQL_TABLE,
+)
+
+# One row per concurrency_key, locked by a claim so that two workers cannot both admit the
+# last free slot of a key (the pending rows they lock are different rows).
+concurrency_locks = Table(
+    "batch_job_concurrency",
+    metadata,
+    Column("concurrency_key", String(255), primary_key=True),
+    **_MYSQL_TABLE,
+)
+
+schema_versions = Table(
+    "batch_job_schema",
+    metadata,
+    Column("version", Integer, primary_key=True, autoincrement=False),
+    Column("name", String(255), nullable=False),
+    Column("applied_at", Moment, nullable=False),
+    **_MYSQL_TABLE,
+)

@@ -1,0 +1,362 @@
+"""The store's guarantees (SPEC §3), each checked on SQLite, MariaDB and PostgreSQL."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections import Counter
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import create_engine, text
+
+from batchjob.errors import DuplicateJob, InvalidTransition, JobNotFound
+from batchjob.model import FailureReason, JobStatus, NewJob
+from batchjob.queue import Queue
+from batchjob.store import Outcome, Store
+
+JAPANESE = "第六竹石"
+
+
+def _claim_until_empty(url: str, worker: str, start_at: float) -> list[int]:
+    """One competing claimer (runs in its own process)."""
+    store = Store(url)
+    claimed: list[int] = []
+    while time.time() < start_at:
+        time.sleep(0.005)
+    batch = 1
+    while True:
+        got = store.claim(worker, None, batch, lease_timeout=300)
+        claimed.extend(item.job.id for item in got)
+        time.sleep(0.002)  # a worker runs what it claimed before it claims again
+        if not got and store.stats().get("default", {}).get("pending", 0) == 0:
+            break
+        batch = batch % 5 + 1
+    store.close()
+    return claimed
+
+
+def test_concurrent_claimers_take_each_job_exactly_once(store: Store, database_url: str) -> None:
+    store.enqueue([NewJob(command=["true", str(n)]) for n in range(2000)])
+    context = multiprocessing.get_context("spawn")
+    start_at = time.time() + 3
+    with context.Pool(4) as pool:
+        results = pool.starmap(
+            _claim_until_empty, [(database_url, f"w{n}", start_at) for n in range(4)]
+        )
+    all_claimed = [job_id for result in results for job_id in result]
+    assert len(all_claimed) == 2000
+    assert len(set(all_claimed)) == 2000
+    assert sum(1 for result in results if result) >= 2, "the claims really raced"
+    running = store.list_jobs(statuses=[JobStatus.RUNNING], limit=5000)
+    assert len(running) == 2000
+    assert {job.attempt for job in running} == {1}
+    assert Counter(job.worker_id for job in running).keys() == {"w0", "w1", "w2", "w3"}
+
+
+def test_claim_order_is_priority_then_due_time_then_id(store: Store) -> None:
+    low, high, later, delayed = store.enqueue(
+        [
+            NewJob(command=["low"]),
+            NewJob(command=["high"], priority=10),
+            NewJob(command=["low-later"]),
+            NewJob(command=["delayed"], priority=100, delay=3600),
+        ]
+    )
+    claimed = store.claim("w", None, 10, lease_timeout=30)
+    assert [item.job.id for item in claimed] == [high.id, low.id, later.id]
+    assert store.get(delayed.id).status == JobStatus.PENDING
+
+
+def test_claim_takes_only_the_named_queues(store: Store) -> None:
+    sync, report = store.enqueue(
+        [NewJob(command=["a"], queue="sync"), NewJob(command=["b"], queue="report")]
+    )
+    assert [item.job.id for item in store.claim("w", ["report"], 5, 30)] == [report.id]
+    assert [item.job.id for item in store.claim("w", ["sync", "other"], 5, 30)] == [sync.id]
+
+
+def test_concurrency_key_limits_running_jobs_across_claims(store: Store) -> None:
+    store.enqueue(
+        [NewJob(command=["sync", str(n)], concurrency_key="profit-sync") for n in range(3)]
+        + [NewJob(command=["other"])]
+    )
+    first = store.claim("w1", None, 10, 30)
+    assert sorted(item.job.command[0] for item in first) == ["other", "sync"]
+    assert store.claim("w2", None, 10, 30) == []
+    syncing = next(item for item in first if item.job.command[0] == "sync")
+    assert store.finish(syncing.lease, Outcome(JobStatus.COMPLETED, exit_code=0))
+    assert [item.job.command[0] for item in store.claim("w2", None, 10, 30)] == ["sync"]
+
+
+def test_stale_lease_token_changes_nothing(store: Store) -> None:
+    (job,) = store.enqueue([NewJob(command=["sleep", "100"], max_attempts=2)])
+    (first,) = store.claim("w1", None, 1, lease_timeout=0.2)
+    time.sleep(0.5)
+    assert [rescued.id for rescued in store.rescue_expired()] == [job.id]
+    (second,) = store.claim("w2", None, 1, lease_timeout=30)
+    assert second.lease.token != first.lease.token
+    before = store.get(job.id)
+
+    assert store.heartbeat(first.lease, 30, pid=1) is False
+    assert store.report_progress(first.lease, "stale", 1, 2) is False
+    assert store.finish(first.lease, Outcome(JobStatus.COMPLETED, exit_code=0)) is False
+    assert store.get(job.id) == before
+
+    assert store.report_progress(second.lease, "fresh", 1, 2) is True
+    assert store.get(job.id).progress_message == "fresh"
+
+
+def test_lease_expiry_rescues_while_attempts_remain_then_fails(store: Store) -> None:
+    (job,) = store.enqueue([NewJob(command=["x"], max_attempts=2)])
+    store.claim("w1", None, 1, lease_timeout=1.0)
+    assert store.rescue_expired() == []
+    time.sleep(1.3)
+    store.rescue_expired()
+    assert store.get(job.id).status == JobStatus.PENDING
+    store.claim("w2", None, 1, lease_timeout=0.2)
+    time.sleep(0.5)
+    (rescued,) = store.rescue_expired()
+    assert rescued.status == JobStatus.FAILED
+    assert rescued.failure_reason == FailureReason.WORKER_LOST
+    assert rescued.completed_at is not None
+    assert [event.kind for event in store.events(job.id)] == [
+        "claimed",
+        "rescued",
+        "claimed",
+        "rescued",
+    ]
+
+
+def test_a_renewed_lease_is_not_rescued(store: Store) -> None:
+    store.enqueue([NewJob(command=["x"])])
+    (claimed,) = store.claim("w1", None, 1, lease_timeout=1.0)
+    for _ in range(4):
+        time.sleep(0.4)
+        assert store.heartbeat(claimed.lease, 1.0)
+    assert store.rescue_expired() == []
+    assert store.get(claimed.job.id).status == JobStatus.RUNNING
+
+
+def test_lease_expiry_is_judged_by_the_database_clock(store: Store, database_url: str) -> None:
+    store.enqueue([NewJob(command=["x"])])
+    (claimed,) = store.claim("w1", None, 1, lease_timeout=60)
+    engine = create_engine(database_url)
+    now_sql = {
+        "sqlite": "SELECT strftime('%Y-%m-%d %H:%M:%f', 'now')",
+        "mysql": "SELECT UTC_TIMESTAMP(6)",
+        "postgresql": "SELECT clock_timestamp() AT TIME ZONE 'UTC'",
+    }[engine.dialect.name]
+    with engine.connect() as conn:
+        database_now = conn.execute(text(now_sql)).scalar_one()
+    engine.dispose()
+    if isinstance(database_now, str):
+        database_now = datetime.fromisoformat(database_now)
+    expires = store.get(claimed.job.id).lease_expires_at
+    assert expires is not None
+    assert timedelta(seconds=58) < expires - database_now <= timedelta(seconds=60)
+
+
+def test_unique_key_admits_one_of_many_concurrent_enqueues(store: Store, database_url: str) -> None:
+    outcomes: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def enqueue() -> None:
+        own = Store(database_url)
+        barrier.wait()
+        try:
+            own.enqueue([NewJob(command=["x"], unique_key="nightly-report")])
+            outcomes.append("stored")
+        except DuplicateJob:
+            outcomes.append("duplicate")
+        finally:
+            own.close()
+
+    threads = [threading.Thread(target=enqueue) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert sorted(outcomes) == ["duplicate"] * 7 + ["stored"]
+    assert len(store.list_jobs()) == 1
+
+
+def test_unique_key_is_free_again_once_the_holder_finished(store: Store) -> None:
+    (holder,) = store.enqueue([NewJob(command=["x"], unique_key="k")])
+    with pytest.raises(DuplicateJob) as refused:
+        store.enqueue([NewJob(command=["y"], unique_key="k")])
+    assert refused.value.existing_job_id == holder.id
+    store.cancel(holder.id)
+    (successor,) = store.enqueue([NewJob(command=["y"], unique_key="k")])
+    with pytest.raises(DuplicateJob) as blocked_retry:
+        store.retry(holder.id)
+    assert blocked_retry.value.existing_job_id == successor.id
+    assert store.get(holder.id).status == JobStatus.CANCELLED
+
+
+def test_bulk_enqueue_is_all_or_nothing(store: Store) -> None:
+    store.enqueue([NewJob(command=["x"], unique_key="taken")])
+    batch = [NewJob(command=["ok", str(n)]) for n in range(50)]
+    batch.insert(25, NewJob(command=["dup"], unique_key="taken"))
+    with pytest.raises(DuplicateJob):
+        store.enqueue(batch)
+    assert len(store.list_jobs(limit=100)) == 1
+    stored = store.enqueue([NewJob(command=["ok", str(n)]) for n in range(50)])
+    assert [job.command[1] for job in stored] == [str(n) for n in range(50)]
+    assert [job.id for job in stored] == sorted(job.id for job in stored)
+
+
+def test_enqueue_joins_the_applications_transaction(queue: Queue, database_url: str) -> None:
+    engine = create_engine(database_url)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS shop_orders (id INTEGER PRIMARY KEY)"))
+        conn.execute(text("DELETE FROM shop_orders"))
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO shop_orders (id) VALUES (1)"))
+        kept = queue.enqueue(["ship", "1"], connection=conn)
+    with pytest.raises(RuntimeError), engine.begin() as conn:
+        conn.execute(text("INSERT INTO shop_orders (id) VALUES (2)"))
+        queue.enqueue(["ship", "2"], connection=conn)
+        raise RuntimeError("payment declined")
+    with engine.begin() as conn:
+        conn.execute(text("INSERT INTO shop_orders (id) VALUES (3)"))
+        queue.enqueue(["ship", "3"], unique_key="ship-3", connection=conn)
+        with pytest.raises(DuplicateJob):
+            queue.enqueue(["ship", "3"], unique_key="ship-3", connection=conn)
+        conn.execute(text("INSERT INTO shop_orders (id) VALUES (4)"))
+    with engine.connect() as conn:
+        orders = conn.execute(text("SELECT id FROM shop_orders ORDER BY id")).scalars().all()
+        conn.execute(text("DROP TABLE shop_orders"))
+        conn.commit()
+    engine.dispose()
+    assert orders == [1, 3, 4]
+    assert sorted(job.command[1] for job in queue.list()) == ["1", "3"]
+    assert queue.get(kept.id).status == JobStatus.PENDING
+
+
+def test_japanese_text_round_trips(store: Store, database_url: str) -> None:
+    (job,) = store.enqueue(
+        [
+            NewJob(
+                command=["python", "sync.py", JAPANESE],
+                env={"PROPERTY": JAPANESE},
+                tags=[JAPANESE],
+                params={"property": JAPANESE},
+                queue="同期",
+            )
+        ]
+    )
+    (claimed,) = store.claim("w", ["同期"], 1, 30)
+    assert store.report_progress(claimed.lease, f"処理中: {JAPANESE}", 3, 120)
+    stored = store.get(job.id)
+    assert stored.command == ["python", "sync.py", JAPANESE]
+    assert stored.env == {"PROPERTY": JAPANESE}
+    assert stored.tags == [JAPANESE]
+    assert stored.params == {"property": JAPANESE}
+    assert stored.progress_message == f"処理中: {JAPANESE}"
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        found = conn.execute(
+            text(
+                "SELECT id FROM batch_job_queue WHERE status = 'running' "
+                "AND progress_message LIKE '%第六竹石%'"
+            )
+        ).all()
+    engine.dispose()
+    assert [row.id for row in found] == [job.id]
+
+
+def test_cancel_pending_now_and_running_by_request(store: Store) -> None:
+    waiting, running = store.enqueue([NewJob(command=["a"], delay=600), NewJob(command=["b"])])
+    (claimed,) = store.claim("w", None, 1, 30)
+    assert claimed.job.id == running.id
+    cancelled = store.cancel(waiting.id)
+    assert cancelled.status == JobStatus.CANCELLED
+    assert cancelled.failure_reason == FailureReason.CANCELLED
+    requested = store.cancel(running.id)
+    assert requested.status == JobStatus.RUNNING
+    assert requested.cancel_requested_at is not None
+    assert store.cancel(waiting.id).status == JobStatus.CANCELLED
+    with pytest.raises(JobNotFound):
+        store.cancel(999_999)
+
+
+def test_retry_gives_a_failed_job_one_more_attempt(store: Store) -> None:
+    (job,) = store.enqueue([NewJob(command=["false"])])
+    (claimed,) = store.claim("w", None, 1, 30)
+    failure = Outcome(
+        JobStatus.FAILED,
+        exit_code=1,
+        failure_reason=FailureReason.EXIT_CODE,
+        error_summary="boom",
+    )
+    assert store.finish(claimed.lease, failure)
+    with pytest.raises(InvalidTransition):
+        store.cancel(job.id)
+    retried = store.retry(job.id)
+    assert retried.status == JobStatus.PENDING
+    assert (retried.attempt, retried.max_attempts) == (1, 2)
+    assert retried.failure_reason is None and retried.completed_at is None
+    with pytest.raises(InvalidTransition):
+        store.retry(job.id)
+    (again,) = store.claim("w", None, 1, 30)
+    assert again.job.attempt == 2
+
+
+def test_finish_as_pending_schedules_the_next_attempt(store: Store) -> None:
+    (job,) = store.enqueue([NewJob(command=["flaky"], max_attempts=3)])
+    (claimed,) = store.claim("w", None, 1, 30)
+    assert store.finish(claimed.lease, Outcome(JobStatus.PENDING, exit_code=1, retry_delay=3600))
+    waiting = store.get(job.id)
+    assert waiting.status == JobStatus.PENDING
+    assert waiting.run_at - (waiting.started_at or waiting.run_at) > timedelta(minutes=59)
+    assert store.claim("w", None, 1, 30) == []
+
+
+def test_a_dropped_connection_is_retried(store: Store, database_url: str) -> None:
+    (job,) = store.enqueue([NewJob(command=["x"])])
+    engine = create_engine(database_url)
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has no server connection to drop")
+    kill_others = {
+        "mysql": (
+            "SELECT id FROM information_schema.processlist "
+            "WHERE db = DATABASE() AND id <> CONNECTION_ID()",
+            "KILL {}",
+        ),
+        "postgresql": (
+            "SELECT pid FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+            "SELECT pg_terminate_backend({})",
+        ),
+    }[engine.dialect.name]
+    with engine.connect() as conn:
+        victims = conn.execute(text(kill_others[0])).scalars().all()
+        assert victims, "the store keeps a pooled connection open"
+        for victim in victims:
+            conn.execute(text(kill_others[1].format(int(victim))))
+    engine.dispose()
+    assert store.get(job.id).id == job.id
+    assert store.claim("w", None, 1, 30)[0].job.id == job.id
+
+
+def test_init_is_idempotent_and_safe_to_run_concurrently(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'fresh.db'}"
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(4) as pool:
+        results = pool.map(_init, [url] * 4)
+    assert sorted(results) == [(0, 1)] + [(1, 1)] * 3
+    assert Store(url).schema_version() == 1
+
+
+def _init(url: str) -> tuple[int, int]:
+    return Store(url).upgrade_schema()
+
+
+def test_run_at_in_the_future_is_not_due(store: Store) -> None:
+    future = datetime.now(UTC).replace(tzinfo=None) + timedelta(hours=1)
+    (job,) = store.enqueue([NewJob(command=["x"], run_at=future)])
+    assert abs(store.get(job.id).run_at - future) < timedelta(milliseconds=2)
+    assert store.claim("w", None, 5, 30) == []
