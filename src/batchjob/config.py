@@ -33,12 +33,19 @@ __all__ = [
     "TaskSpec",
     "WorkerSettings",
     "load_settings",
+    "parse_command",
     "parse_duration",
     "parse_size",
+    "parse_task_options",
 ]
 
 DEFAULT_CONFIG_FILE = "batchjob.toml"
 _MAX_TEXT = 100  # longer duration or size strings are typos, and would make huge numbers
+# Linux refuses to exec one argument or environment string longer than this (E2BIG).
+MAX_ARGUMENT_BYTES = 128 * 1024
+MAX_KEY_LENGTH = 255  # unique_key, concurrency_key: the width of their columns
+MAX_QUEUE_LENGTH = 128
+RESERVED_ENV_PREFIX = "BATCH_JOB_"  # the worker sets these; a job or task may not
 _REPR_LIMIT = 60
 
 _NUMBER = r"[0-9]+(?:\.[0-9]+)?"
@@ -55,6 +62,9 @@ _SIZE = re.compile(rf"({_NUMBER})\s*([kmgt]i?b|b)?", re.ASCII | re.IGNORECASE)
 _TASK_NAME = re.compile(r"[A-Za-z0-9_.-]+", re.ASCII)
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
 _TOML_POSITION = re.compile(r"(.*) \(at (line \d+, column \d+|end of document)\)", re.DOTALL)
+
+
+_Validator = Callable[[object, str], Any]
 
 
 def _show(value: object) -> str:
@@ -233,13 +243,35 @@ class Settings:
 
 # --- validators: (value, dotted key) -> checked value; each raises ConfigError("key: why") ---
 
-_Validator = Callable[[object, str], Any]
+
+def _passable(value: object, key: str) -> str:
+    """A string the kernel can hand to a program: no NUL byte, within one argument's limit."""
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: must be a string, got {_show(value)}")
+    if "\0" in value:
+        raise ConfigError(f"{key}: contains a NUL byte, which no program can receive")
+    size = len(value.encode("utf-8", "surrogateescape"))
+    if size > MAX_ARGUMENT_BYTES:
+        raise ConfigError(
+            f"{key}: is {size} bytes; a program receives at most {MAX_ARGUMENT_BYTES}"
+        )
+    return value
 
 
 def _text(value: object, key: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{key}: must be a non-empty string, got {_show(value)}")
-    return value
+    return _passable(value, key)
+
+
+def _bounded_text(maximum: int) -> _Validator:
+    def check(value: object, key: str) -> str:
+        text = _text(value, key)
+        if len(text) > maximum:
+            raise ConfigError(f"{key}: must be at most {maximum} characters, got {len(text)}")
+        return text
+
+    return check
 
 
 def _boolean(value: object, key: str) -> bool:
@@ -296,7 +328,7 @@ def _text_list(*, single_ok: bool = False) -> _Validator:
     def check(value: object, key: str) -> tuple[str, ...]:
         if single_ok and isinstance(value, str):
             return (_text(value, key),)
-        if not isinstance(value, list):
+        if not isinstance(value, list | tuple):
             raise ConfigError(f"{key}: must be a list of strings, got {_show(value)}")
         return tuple(_text(item, f"{key}[{index}]") for index, item in enumerate(value))
 
@@ -321,10 +353,14 @@ def _text_table(*, env_names: bool) -> _Validator:
             item_key = _dotted(key, name)
             if env_names and (not name or "=" in name or "\0" in name):
                 raise ConfigError(f"{item_key}: not a valid environment variable name")
+            if env_names and name.startswith(RESERVED_ENV_PREFIX):
+                raise ConfigError(
+                    f"{item_key}: {RESERVED_ENV_PREFIX}* variables are set by the worker"
+                )
             if isinstance(item, bool) and not env_names:
                 result[name] = "true" if item else "false"
             elif isinstance(item, str | int | float) and not isinstance(item, bool):
-                result[name] = str(item)
+                result[name] = _passable(str(item), item_key)
             else:
                 raise ConfigError(f"{item_key}: must be {kinds}, got {_show(item)}")
         return MappingProxyType(result)
@@ -343,9 +379,9 @@ def _cron(value: object, key: str) -> str:
 
 
 def _table(value: object, key: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
+    if not isinstance(value, Mapping):
         raise ConfigError(f"{key}: must be a table, got {_show(value)}")
-    return value
+    return dict(value)
 
 
 def _dotted(prefix: str, name: str) -> str:
@@ -371,15 +407,15 @@ def _read_table(
 
 
 _OPTION_KEYS: dict[str, _Validator] = {
-    "queue": _text,
+    "queue": _bounded_text(MAX_QUEUE_LENGTH),
     "priority": _integer(-(2**31), 2**31 - 1),  # the database column is a 32-bit integer
     "timeout": _duration(positive=True),
     "stall_timeout": _duration(positive=True),
     "stall_action": _choice("diagnose", "kill"),
     "retries": _integer(0),
     "retry_backoff": _duration(positive=False),
-    "unique_key": _text,
-    "concurrency_key": _text,
+    "unique_key": _bounded_text(MAX_KEY_LENGTH),
+    "concurrency_key": _bounded_text(MAX_KEY_LENGTH),
     "max_concurrency": _integer(1),
     "memory_limit": _size,
     "env": _text_table(env_names=True),
@@ -387,6 +423,13 @@ _OPTION_KEYS: dict[str, _Validator] = {
     "tags": _text_list(),
 }
 assert list(_OPTION_KEYS) == [option.name for option in fields(TaskOptions)]
+TASK_OPTION_NAMES = frozenset(_OPTION_KEYS)
+
+
+def parse_task_options(values: Mapping[str, object]) -> TaskOptions:
+    """TaskOptions from loose values (a job's CLI flags or API keywords), checked as in the file."""
+    return TaskOptions(**_read_table(values, "", _OPTION_KEYS))
+
 
 _WORKER_KEYS: dict[str, _Validator] = {
     "concurrency": _integer(1),
@@ -412,15 +455,13 @@ _TOP_KEYS: dict[str, _Validator] = {"database_url": _text, "log_dir": _text}
 _SECTIONS = ("worker", "defaults", "tasks", "schedules", "web")
 
 
-def _argv(value: object, key: str) -> tuple[str, ...]:
-    """A list of strings naming a program; later arguments may be empty (e.g. printf "")."""
-    if not isinstance(value, list) or not value:
+def parse_command(value: object, *, key: str = "command") -> tuple[str, ...]:
+    """An argv naming a program; later arguments may be empty (e.g. printf "")."""
+    if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
         raise ConfigError(f"{key}: must be a non-empty list of strings, got {_show(value)}")
-    for index, item in enumerate(value):
-        if not isinstance(item, str):
-            raise ConfigError(f"{key}[{index}]: must be a string, got {_show(item)}")
-    _text(value[0], f"{key}[0]")
-    return tuple(value)
+    argv = tuple(_passable(item, f"{key}[{index}]") for index, item in enumerate(value))
+    _text(argv[0], f"{key}[0]")
+    return argv
 
 
 def _read_task(name: str, value: object) -> TaskSpec:
@@ -445,7 +486,7 @@ def _read_task(name: str, value: object) -> TaskSpec:
             ' (or give an argv list, e.g. ["python", "script.py"])'
         )
     else:
-        argv = _argv(command, f"{prefix}.command")
+        argv = parse_command(command, key=f"{prefix}.command")
     return TaskSpec(name=name, command=argv, options=TaskOptions(**options))
 
 

@@ -1,8 +1,9 @@
 """Queue: what the CLI, the web API and applications share — validate, resolve, store, read.
 
 A request is checked here, before anything is stored, so that bad input never reaches the
-database: the command fits what the kernel will exec, task options are merged job > task >
-[defaults], and task parameters are substituted into the task's command.
+database: options are validated by the same rules as batchjob.toml's and merged job > task >
+[defaults], task parameters are substituted into the task's command, and the whole request
+must fit what the kernel will exec.
 """
 
 from __future__ import annotations
@@ -16,20 +17,21 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from batchjob.config import Settings, TaskOptions, load_settings, parse_duration
+from batchjob.config import (
+    TASK_OPTION_NAMES,
+    Settings,
+    load_settings,
+    parse_command,
+    parse_duration,
+    parse_task_options,
+)
 from batchjob.errors import InvalidInput
 from batchjob.model import Event, Job, JobStatus, NewJob
 from batchjob.store import Store
 
-# Linux refuses to exec a single argument or environment string longer than this (E2BIG).
-MAX_ARGUMENT_BYTES = 128 * 1024
-# Our own cap on a whole command with its env and params: well under the kernel's ARG_MAX.
+# Our cap on a whole command with its env and params: well under the kernel's ARG_MAX.
 MAX_REQUEST_BYTES = 1024 * 1024
-MAX_KEY_LENGTH = 255
-MAX_QUEUE_NAME_LENGTH = 128
-INT32 = (-(2**31), 2**31 - 1)
 DEFAULT_QUEUE = "default"
-RESERVED_ENV_PREFIX = "BATCH_JOB_"
 
 
 class Queue:
@@ -148,11 +150,11 @@ class Queue:
         if unknown:
             raise InvalidInput(f"unknown job option(s): {', '.join(sorted(unknown))}")
         command, task_name = request.get("command"), request.get("task")
-        params = _params(request.get("params"))
         if (command is None) == (task_name is None):
             raise InvalidInput("give either a command or a task name, not both or neither")
         if request.get("delay") is not None and request.get("run_at") is not None:
             raise InvalidInput("give a delay or a run_at time, not both")
+        params = _params(request.get("params"))
         base = self.settings.defaults
         if task_name is not None:
             spec = self.settings.task(task_name)
@@ -160,11 +162,16 @@ class Queue:
             base = spec.options.merged_over(base)
         else:
             if params:
-                raise InvalidInput("--param applies to tasks; a command takes its own arguments")
-            argv = _argv(command)
-        options = _job_options(request).merged_over(base)
+                raise InvalidInput("params apply to tasks; a command takes its own arguments")
+            argv = list(parse_command(command))
+        given = {
+            name: value
+            for name, value in request.items()
+            if name in TASK_OPTION_NAMES and value is not None
+        }
+        options = parse_task_options(given).merged_over(base)
         _check_size(argv, options.env, params)
-        retries = options.retries or 0
+        delay = request.get("delay")
         return NewJob(
             command=argv,
             queue=options.queue or DEFAULT_QUEUE,
@@ -174,8 +181,8 @@ class Queue:
             cwd=options.cwd,
             tags=list(options.tags),
             priority=options.priority or 0,
-            max_attempts=retries + 1,
-            delay=_seconds("delay", request.get("delay")) or 0.0,
+            max_attempts=(options.retries or 0) + 1,
+            delay=0.0 if delay is None else parse_duration(delay, key="delay"),
             run_at=_utc(request.get("run_at")),
             unique_key=options.unique_key,
             concurrency_key=options.concurrency_key,
@@ -188,57 +195,10 @@ class Queue:
         )
 
 
-_REQUEST_KEYS = {
-    "command",
-    "task",
-    "params",
-    "queue",
-    "priority",
-    "timeout",
-    "stall_timeout",
-    "retries",
-    "delay",
-    "run_at",
-    "unique_key",
-    "concurrency_key",
-    "max_concurrency",
-    "env",
-    "cwd",
-    "tags",
-}
+_REQUEST_KEYS = {"command", "task", "params", "delay", "run_at", *TASK_OPTION_NAMES}
 
 
-def _job_options(request: Mapping[str, Any]) -> TaskOptions:
-    """The options a single job sets, validated the way batchjob.toml's are."""
-    queue = request.get("queue")
-    if queue is not None and not (
-        isinstance(queue, str) and 0 < len(queue) <= MAX_QUEUE_NAME_LENGTH
-    ):
-        raise InvalidInput(f"queue must be 1 to {MAX_QUEUE_NAME_LENGTH} characters: {queue!r}")
-    return TaskOptions(
-        queue=queue,
-        priority=_int("priority", request.get("priority"), *INT32),
-        timeout=_positive_seconds("timeout", request.get("timeout")),
-        stall_timeout=_positive_seconds("stall_timeout", request.get("stall_timeout")),
-        retries=_int("retries", request.get("retries"), 0, 1000),
-        unique_key=_key("unique_key", request.get("unique_key")),
-        concurrency_key=_key("concurrency_key", request.get("concurrency_key")),
-        max_concurrency=_int("max_concurrency", request.get("max_concurrency"), 1, INT32[1]),
-        env=_env(request.get("env")),
-        cwd=_text("cwd", request.get("cwd")),
-        tags=tuple(_text("tag", tag) or "" for tag in request.get("tags") or ()),
-    )
-
-
-def _argv(command: object) -> builtins.list[str]:
-    if isinstance(command, str) or not isinstance(command, Sequence) or not command:
-        raise InvalidInput("command must be a non-empty list of arguments (argv)")
-    return [_text("command argument", argument) or "" for argument in command]
-
-
-def _substitute(
-    task: str, template: Sequence[str], params: Mapping[str, str]
-) -> builtins.list[str]:
+def _substitute(task: str, template: Sequence[str], params: Mapping[str, str]) -> list[str]:
     """The task's argv with `{name}` replaced by params (`{{` and `}}` are literal braces)."""
     argv = []
     for argument in template:
@@ -258,7 +218,7 @@ def _substitute(
         except ValueError as exc:
             raise InvalidInput(f"task {task}: bad placeholder in {argument!r}: {exc}") from exc
         argv.append("".join(pieces))
-    return argv
+    return list(parse_command(argv, key=f"task {task}: command"))
 
 
 def _params(value: object) -> dict[str, str]:
@@ -272,69 +232,8 @@ def _params(value: object) -> dict[str, str]:
             raise InvalidInput(f"param name {name!r} must be an identifier (letters, digits, _)")
         if isinstance(raw, bool) or not isinstance(raw, str | int | float):
             raise InvalidInput(f"param {name}: {raw!r} is not a string or number")
-        params[name] = _text(f"param {name}", str(raw)) or ""
+        params[name] = str(raw)
     return params
-
-
-def _env(value: object) -> dict[str, str]:
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise InvalidInput("env must be a mapping of variable names to values")
-    env = {}
-    for name, raw in value.items():
-        if not isinstance(name, str) or not name or "=" in name or "\0" in name:
-            raise InvalidInput(f"env: {name!r} is not a valid variable name")
-        if name.startswith(RESERVED_ENV_PREFIX):
-            raise InvalidInput(f"env: {name} is set by the worker and cannot be given")
-        if not isinstance(raw, str):
-            raise InvalidInput(f"env: {name}: {raw!r} is not a string")
-        env[name] = _text(f"env {name}", raw) or ""
-    return env
-
-
-def _text(what: str, value: object) -> str | None:
-    """A string the kernel can pass on: no NUL byte, within the one-argument limit."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise InvalidInput(f"{what}: {value!r} is not a string")
-    if "\0" in value:
-        raise InvalidInput(f"{what} contains a NUL byte, which no command can receive")
-    size = len(value.encode("utf-8", "surrogateescape"))
-    if size > MAX_ARGUMENT_BYTES:
-        raise InvalidInput(
-            f"{what} is {size} bytes; the kernel passes at most {MAX_ARGUMENT_BYTES} per string"
-        )
-    return value
-
-
-def _key(what: str, value: object) -> str | None:
-    text = _text(what, value)
-    if text is not None and not 0 < len(text) <= MAX_KEY_LENGTH:
-        raise InvalidInput(f"{what} must be 1 to {MAX_KEY_LENGTH} characters long")
-    return text
-
-
-def _int(what: str, value: object, low: int, high: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise InvalidInput(f"{what}: {value!r} is not a whole number")
-    if not low <= value <= high:
-        raise InvalidInput(f"{what}: {value} is outside {low}..{high}")
-    return value
-
-
-def _seconds(what: str, value: object) -> float | None:
-    return None if value is None else parse_duration(value, key=what)
-
-
-def _positive_seconds(what: str, value: object) -> float | None:
-    seconds = _seconds(what, value)
-    if seconds is not None and seconds <= 0:
-        raise InvalidInput(f"{what} must be longer than 0 seconds")
-    return seconds
 
 
 def _utc(value: object) -> datetime | None:
@@ -357,9 +256,12 @@ def _status(value: JobStatus | str) -> JobStatus:
 
 
 def _check_size(argv: Sequence[str], env: Mapping[str, str], params: Mapping[str, str]) -> None:
-    total = sum(len(item.encode("utf-8", "surrogateescape")) for item in argv)
-    total += sum(len(f"{k}={v}".encode("utf-8", "surrogateescape")) for k, v in env.items())
-    total += sum(len(f"{k}={v}".encode("utf-8", "surrogateescape")) for k, v in params.items())
+    pieces = [
+        *argv,
+        *(f"{k}={v}" for k, v in env.items()),
+        *(f"{k}={v}" for k, v in params.items()),
+    ]
+    total = sum(len(piece.encode("utf-8", "surrogateescape")) for piece in pieces)
     if total > MAX_REQUEST_BYTES:
         raise InvalidInput(
             f"command, env and params add up to {total} bytes; the limit is {MAX_REQUEST_BYTES}"
