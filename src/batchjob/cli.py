@@ -294,6 +294,28 @@ def stats(context: CliContext, as_json: bool) -> None:
     stdout.print(table)
 
 
+@cli.command()
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    help="Jobs at once (default: [worker] concurrency, 2).",
+)
+@click.option("--queues", help="Comma-separated queues to take jobs from (default: every queue).")
+@click.option("--burst", is_flag=True, help="Exit 0 once no job is running and none is due.")
+@pass_context
+def worker(context: CliContext, concurrency: int | None, queues: str | None, burst: bool) -> None:
+    """Run jobs: claim, run each as a hermetic subprocess, record how it ended.
+
+    SIGTERM/SIGINT stop gracefully (running jobs get shutdown_grace, then go back to pending);
+    SIGHUP reopens the log file.
+    """
+    from batchjob.worker.supervisor import Worker
+
+    names = [name.strip() for name in queues.split(",") if name.strip()] if queues else None
+    worker = Worker(context.settings, concurrency=concurrency, queues=names, burst=burst)
+    sys.exit(worker.run())
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     """Entry point: run the CLI and turn batchjob's errors into one line and an exit code."""
     try:

@@ -109,6 +109,7 @@ class Job:
     lease_expires_at: datetime | None = None
     peak_rss_bytes: int | None = None
     peak_open_fds: int | None = None
+    lost_attempts: int = 0
     diagnosis: Mapping[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -153,6 +154,7 @@ class Job:
             "lease_expires_at": _iso(self.lease_expires_at),
             "peak_rss_bytes": self.peak_rss_bytes,
             "peak_open_fds": self.peak_open_fds,
+            "lost_attempts": self.lost_attempts,
             "diagnosis": dict(self.diagnosis) if self.diagnosis is not None else None,
         }
 

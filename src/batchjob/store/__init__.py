@@ -35,7 +35,7 @@ from batchjob.errors import DuplicateJob, InvalidTransition, JobNotFound, StoreU
 from batchjob.model import Event, FailureReason, Job, JobStatus, NewJob
 from batchjob.redact import mask_url_passwords
 from batchjob.store import dialects, migrations
-from batchjob.store.schema import Moment, concurrency_locks, events, jobs
+from batchjob.store.schema import Moment, concurrency_locks, events, jobs, workers
 
 T = TypeVar("T")
 
@@ -81,6 +81,18 @@ class Outcome:
     peak_open_fds: int | None = None
     retry_delay: float | None = None
     """With status PENDING: seconds until the next attempt is due."""
+    progress: tuple[str | None, int | None, int | None] | None = None
+    """The last progress report not yet stored, written with the outcome."""
+
+
+@dataclass(frozen=True)
+class WorkerRegistration:
+    worker_id: str
+    host: str
+    pid: int
+    version: str
+    queues: Sequence[str] | None
+    concurrency: int
 
 
 class Store:
@@ -238,6 +250,7 @@ class Store:
                         else_=jobs.c.attempt + 1,
                     ),
                     active_unique_key=jobs.c.unique_key,
+                    lost_attempts=0,
                     completed_at=None,
                     cancel_requested_at=None,
                     **_cleared_result_values(),
@@ -333,6 +346,9 @@ class Store:
             "lease_token": None,
             "lease_expires_at": None,
         }
+        if outcome.progress is not None:
+            message, current, total = outcome.progress
+            values.update(progress_message=message, progress_current=current, progress_total=total)
         if outcome.status == JobStatus.PENDING:
             values["run_at"] = dialects.db_now_plus(outcome.retry_delay or 0.0)
         elif outcome.status.is_finished:
@@ -341,38 +357,56 @@ class Store:
             raise ValueError(f"an attempt cannot finish as {outcome.status}")
         return self._fenced_update(lease, values)
 
-    def rescue_expired(self) -> list[Job]:
-        """Running jobs whose lease expired by the database clock: retry or fail them."""
+    def rescue_expired(self, max_lost_attempts: int = 3) -> list[Job]:
+        """Running jobs whose lease expired by the database clock: retry or fail them.
+
+        A job fails with `worker_lost` when its attempts are used up, or when it has lost its
+        worker `max_lost_attempts` times: a job that kills its worker must not crash-loop
+        the fleet.
+        """
 
         def rescue(conn: Connection) -> list[Job]:
-            expired = select(jobs.c.id, jobs.c.attempt, jobs.c.max_attempts).where(
-                jobs.c.status == RUNNING, jobs.c.lease_expires_at < dialects.db_now()
-            )
+            expired = select(
+                jobs.c.id, jobs.c.attempt, jobs.c.max_attempts, jobs.c.lost_attempts
+            ).where(jobs.c.status == RUNNING, jobs.c.lease_expires_at < dialects.db_now())
             if dialects.supports_skip_locked(conn):
                 expired = expired.with_for_update(skip_locked=True)
             found = conn.execute(expired).all()
             if not found:
                 return []
-            retry = [row.id for row in found if row.attempt < row.max_attempts]
-            fail = [row.id for row in found if row.attempt >= row.max_attempts]
+            exhausted = {
+                row.id
+                for row in found
+                if row.attempt >= row.max_attempts or row.lost_attempts + 1 >= max_lost_attempts
+            }
             still_expired = and_(
                 jobs.c.status == RUNNING, jobs.c.lease_expires_at < dialects.db_now()
             )
-            released = {"lease_token": None, "lease_expires_at": None}
-            if retry:
+            released = {
+                "lease_token": None,
+                "lease_expires_at": None,
+                "lost_attempts": jobs.c.lost_attempts + 1,
+            }
+            if retry := [row.id for row in found if row.id not in exhausted]:
                 conn.execute(
                     update(jobs)
                     .where(jobs.c.id.in_(retry), still_expired)
                     .values(status=PENDING, run_at=dialects.db_now(), **released)
                 )
-            if fail:
+            if exhausted:
                 conn.execute(
                     update(jobs)
-                    .where(jobs.c.id.in_(fail), still_expired)
+                    .where(jobs.c.id.in_(exhausted), still_expired)
                     .values(
                         status=JobStatus.FAILED.value,
                         failure_reason=FailureReason.WORKER_LOST.value,
-                        error_summary="the lease expired: the worker died or lost the database",
+                        error_summary=case(
+                            (
+                                jobs.c.lost_attempts + 1 >= max_lost_attempts,
+                                "lost its worker on every attempt: a suspected poison pill",
+                            ),
+                            else_="the lease expired: the worker died or lost the database",
+                        ),
                         **released,
                         **_finished_values(),
                     )
@@ -385,7 +419,8 @@ class Store:
                     (
                         job,
                         "rescued",
-                        f"lease of attempt {job.attempt} expired; job is now {job.status}",
+                        f"the lease of attempt {job.attempt} (worker {job.worker_id}) expired; "
+                        f"the job is now {job.status}",
                     )
                     for job in rescued
                 ],
@@ -393,6 +428,76 @@ class Store:
             return rescued
 
         return self._run(rescue)
+
+    def release(self, lease: Lease, reason: str) -> bool:
+        """Put a running job back to pending without using an attempt (worker shutdown)."""
+
+        def release(conn: Connection) -> bool:
+            changed = conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.id == lease.job_id,
+                    jobs.c.lease_token == lease.token,
+                    jobs.c.status == RUNNING,
+                )
+                .values(
+                    status=PENDING,
+                    attempt=jobs.c.attempt - 1,
+                    run_at=dialects.db_now(),
+                    lease_token=None,
+                    lease_expires_at=None,
+                )
+            ).rowcount
+            if changed:
+                _record_event(conn, lease.job_id, "released", reason)
+            return bool(changed)
+
+        return self._run(release)
+
+    def mark_started(self, lease: Lease, pid: int | None, log_path: str) -> bool:
+        return self._fenced_update(lease, {"pid": pid, "log_path": log_path})
+
+    def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
+        """Which of these running jobs someone asked to cancel."""
+        if not job_ids:
+            return set()
+        query = select(jobs.c.id).where(
+            jobs.c.id.in_(list(job_ids)), jobs.c.cancel_requested_at.is_not(None)
+        )
+        return set(self._run(lambda conn: conn.execute(query).scalars().all(), read_only=True))
+
+    def has_due_jobs(self, queues: Sequence[str] | None) -> bool:
+        """Whether a pending job is due now (a burst worker stops when none is)."""
+        query = select(jobs.c.id).where(
+            jobs.c.status == PENDING, jobs.c.run_at <= dialects.db_now()
+        )
+        if queues:
+            query = query.where(jobs.c.queue.in_(list(queues)))
+        return self._run(
+            lambda conn: conn.execute(query.limit(1)).first() is not None, read_only=True
+        )
+
+    # ---- worker registry --------------------------------------------------------------------
+
+    def register_worker(self, registration: WorkerRegistration) -> None:
+        values = {
+            "id": registration.worker_id,
+            "host": registration.host,
+            "pid": registration.pid,
+            "version": registration.version,
+            "queues": list(registration.queues) if registration.queues else [],
+            "concurrency": registration.concurrency,
+            "started_at": dialects.db_now(),
+            "last_seen": dialects.db_now(),
+        }
+        self._run(lambda conn: conn.execute(insert(workers).values(**values)))
+
+    def worker_seen(self, worker_id: str, *, stopped: bool = False) -> None:
+        values: dict[str, Any] = {"last_seen": dialects.db_now()}
+        if stopped:
+            values["stopped_at"] = dialects.db_now()
+        statement = update(workers).where(workers.c.id == worker_id).values(**values)
+        self._run(lambda conn: conn.execute(statement))
 
     def record_event(
         self,
@@ -758,6 +863,7 @@ def _job_from_row(row: Row[Any], diagnosis: Mapping[str, Any] | None = None) -> 
         lease_expires_at=row.lease_expires_at,
         peak_rss_bytes=row.peak_rss_bytes,
         peak_open_fds=row.peak_open_fds,
+        lost_attempts=row.lost_attempts,
         diagnosis=diagnosis,
     )
 
@@ -780,4 +886,4 @@ def _json_dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False)
 
 
-__all__ = ["ClaimedJob", "Lease", "Outcome", "Store"]
+__all__ = ["ClaimedJob", "Lease", "Outcome", "Store", "WorkerRegistration"]

@@ -49,6 +49,8 @@ jobs = Table(
     Column("priority", Integer, nullable=False),
     Column("attempt", Integer, nullable=False),
     Column("max_attempts", Integer, nullable=False),
+    # Attempts that ended because their worker vanished; too many = a suspected poison pill.
+    Column("lost_attempts", Integer, nullable=False, server_default="0"),
     Column("run_at", Moment, nullable=False),
     # unique_key is kept for history; active_unique_key holds it only while the job is pending
     # or running, and its plain unique index is what makes two enqueues with one key impossible

@@ -1,0 +1,1 @@
+"""Say why: from recorded facts about an attempt to a reason, a summary and a hint."""

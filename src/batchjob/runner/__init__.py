@@ -1,0 +1,308 @@
+"""Run one attempt of a job to its end; knows nothing of the database.
+
+`run(spec, control)` spawns the command, drains its output into the job log while it runs,
+applies the timeout and stop requests to the whole tree, ends leftover descendants, and
+returns a `RunResult` with the evidence: exit status, who stopped it, peaks, stderr's tail.
+One thread, one loop: the pipes are read in the same loop that watches the clock, so the
+child can never block on a pipe, not even while it is being stopped.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import os
+import selectors
+import shutil
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from batchjob.runner import watch
+from batchjob.runner.pump import JobLog
+from batchjob.runner.spawn import SpawnRequest, spawn
+
+CHUNK_BYTES = 64 * 1024
+SAMPLE_EVERY_SECONDS = 1.0
+STDERR_TAIL_BYTES = 8 * 1024
+STDERR_TAIL_LINES = 10
+MAX_PROGRESS_LINE = 64 * 1024
+LOOP_SECONDS = 0.25
+
+
+class StopReason(enum.StrEnum):
+    """Why the worker ended a running job (None in RunResult: it ended by itself)."""
+
+    TIMEOUT = "timeout"
+    CANCELLED = "cancelled"
+    SHUTDOWN = "shutdown"
+    LEASE_LOST = "lease_lost"
+
+
+ProgressCallback = Callable[[str | None, int | None, int | None], None]
+
+
+class RunControl:
+    """The worker's side of a running job: ask it to stop; hear its pid and progress."""
+
+    def __init__(
+        self,
+        on_progress: ProgressCallback | None = None,
+        on_started: Callable[[int], None] | None = None,
+    ) -> None:
+        self.on_progress = on_progress or (lambda message, current, total: None)
+        self.on_started = on_started or (lambda pid: None)
+        self._stop = threading.Event()
+        self.stop_reason: StopReason | None = None
+
+    def request_stop(self, reason: StopReason) -> None:
+        """Thread-safe; the first reason wins."""
+        if not self._stop.is_set():
+            self.stop_reason = reason
+            self._stop.set()
+
+    @property
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    spawn: SpawnRequest
+    log_path: Path
+    max_log_bytes: int
+    timeout: float | None
+    kill_grace: float
+    drain_grace: float
+    tmp_root: Path | None = None
+
+
+@dataclass
+class RunResult:
+    pid: int | None = None
+    exit_code: int | None = None
+    signal: int | None = None
+    stopped_by: StopReason | None = None
+    spawn_error: str | None = None
+    duration: float = 0.0
+    peak_rss_bytes: int = 0
+    peak_open_fds: int = 0
+    peak_processes: int = 0
+    peak_threads: int = 0
+    cpu_seconds: float = 0.0
+    leftovers: list[str] = field(default_factory=list)
+    stderr_tail: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
+    log_error: str | None = None
+
+    @property
+    def succeeded(self) -> bool:
+        return self.exit_code == 0 and self.stopped_by is None and self.spawn_error is None
+
+
+def run(spec: JobSpec, control: RunControl) -> RunResult:
+    """Run the attempt to its end; never raises for anything the job or the disk does."""
+    log = JobLog(spec.log_path, spec.max_log_bytes)
+    started = time.monotonic()
+    result = RunResult()
+    try:
+        with watch.spawn_lock:
+            spawned = spawn(spec.spawn, spec.tmp_root)
+            watch.register_main_pid(spawned.process.pid)
+    except (OSError, ValueError) as exc:
+        result.spawn_error = _spawn_error(spec, exc)
+        log.note(f"[batchjob: cannot start the job: {result.spawn_error}]")
+        log.close()
+        return result
+    result.pid, result.env = spawned.process.pid, spawned.env
+    control.on_started(spawned.process.pid)
+    try:
+        _Attempt(spec, control, log, result, spawned.process).drive(
+            {spawned.stdout: "stdout", spawned.stderr: "stderr", spawned.progress: "progress"}
+        )
+    finally:
+        watch.forget_main_pid(spawned.process.pid)
+        shutil.rmtree(spawned.tmpdir, ignore_errors=True)
+        result.duration = time.monotonic() - started
+        result.log_error = log.disk_error
+        log.close()
+    return result
+
+
+class _Attempt:
+    """The loop of one running attempt: read, watch the clock, stop the tree when asked."""
+
+    def __init__(
+        self,
+        spec: JobSpec,
+        control: RunControl,
+        log: JobLog,
+        result: RunResult,
+        process: subprocess.Popen[bytes],
+    ) -> None:
+        self.spec, self.control, self.log, self.result = spec, control, log, result
+        self.process = process
+        self.job_id = spec.spawn.job_id
+        self.started = time.monotonic()
+        self.deadline = None if spec.timeout is None else self.started + spec.timeout
+        self.exited_at: float | None = None
+        self.term_sent_at: float | None = None
+        self.killed = False
+        self.next_sample = self.started
+        self.stderr_tail = b""
+        self.progress_buffer = b""
+        self.dropped_progress = 0
+
+    def drive(self, pipes: Mapping[int, str]) -> None:
+        selector = selectors.DefaultSelector()
+        for descriptor, stream in pipes.items():
+            os.set_blocking(descriptor, False)
+            selector.register(descriptor, selectors.EVENT_READ, stream)
+        try:
+            while selector.get_map():
+                for key, _events in selector.select(LOOP_SECONDS):
+                    self._read(selector, key.fd, key.data)
+                self._watch(selector)
+        finally:
+            for key in list(selector.get_map().values()):
+                selector.unregister(key.fd)
+                os.close(key.fd)
+            selector.close()
+        self._finish()
+
+    def _read(self, selector: selectors.BaseSelector, descriptor: int, stream: str) -> None:
+        try:
+            data = os.read(descriptor, CHUNK_BYTES)
+        except BlockingIOError:
+            return
+        if not data:
+            selector.unregister(descriptor)
+            os.close(descriptor)
+            if stream == "progress" and self.progress_buffer:
+                self._progress_line(self.progress_buffer)
+            return
+        if stream == "progress":
+            self._progress(data)
+            return
+        self.log.write(stream, data)
+        if stream == "stderr":
+            self.stderr_tail = (self.stderr_tail + data)[-STDERR_TAIL_BYTES:]
+
+    def _watch(self, selector: selectors.BaseSelector) -> None:
+        now = time.monotonic()
+        if self.exited_at is None and self.process.poll() is not None:
+            self.exited_at = now
+        if now >= self.next_sample:
+            self._sample()
+            self.next_sample = now + SAMPLE_EVERY_SECONDS
+        if self.exited_at is None:
+            if self.deadline is not None and now >= self.deadline:
+                self.control.request_stop(StopReason.TIMEOUT)
+            if self.control.stop_requested:
+                self._stop_tree(now)
+        elif now - self.exited_at >= self.spec.drain_grace and selector.get_map():
+            self._end_leftovers("kept the output pipes open after the job's main process exited")
+            for key in list(selector.get_map().values()):
+                selector.unregister(key.fd)
+                os.close(key.fd)
+
+    def _stop_tree(self, now: float) -> None:
+        """SIGTERM the whole tree, then SIGKILL after kill_grace; never blocks the pump."""
+        if self.term_sent_at is None:
+            self.term_sent_at = now
+            self.result.stopped_by = self.control.stop_reason
+            reason = self.control.stop_reason.value if self.control.stop_reason else "stop"
+            self.log.note(f"[batchjob: stopping the job ({reason}): SIGTERM to its processes]")
+            watch.signal_all(watch.job_processes(self.process.pid, self.job_id), signal.SIGTERM)
+        elif not self.killed and now - self.term_sent_at >= self.spec.kill_grace:
+            self.killed = True
+            survivors = watch.job_processes(self.process.pid, self.job_id)
+            self.log.note(
+                f"[batchjob: {len(survivors)} process(es) outlived SIGTERM by "
+                f"{self.spec.kill_grace:g}s: SIGKILL]"
+            )
+            watch.signal_all(survivors, signal.SIGKILL)
+
+    def _end_leftovers(self, why: str) -> None:
+        leftovers = [
+            process
+            for process in watch.job_processes(self.process.pid, self.job_id)
+            if process.pid != self.process.pid
+        ]
+        if not leftovers:
+            return
+        described = [watch.describe(process) for process in leftovers]
+        self.result.leftovers.extend(described)
+        self.log.note(
+            f"[batchjob: {len(leftovers)} leftover process(es) {why}: "
+            f"{', '.join(described)}; terminating them]"
+        )
+        watch.terminate(leftovers, self.spec.kill_grace)
+
+    def _sample(self) -> None:
+        tree = watch.sample(watch.job_processes(self.process.pid, self.job_id))
+        result = self.result
+        result.peak_rss_bytes = max(result.peak_rss_bytes, tree.rss_bytes)
+        result.peak_open_fds = max(result.peak_open_fds, tree.open_fds)
+        result.peak_processes = max(result.peak_processes, tree.processes)
+        result.peak_threads = max(result.peak_threads, tree.threads)
+        result.cpu_seconds = max(result.cpu_seconds, tree.cpu_seconds)
+
+    def _finish(self) -> None:
+        returncode = self.process.wait()
+        self._end_leftovers("were still running when the job ended")
+        result = self.result
+        if returncode < 0:
+            result.signal = -returncode
+        else:
+            result.exit_code = returncode
+        tail = self.stderr_tail.decode("utf-8", "replace").splitlines()
+        result.stderr_tail = [line for line in tail if line.strip()][-STDERR_TAIL_LINES:]
+        if self.dropped_progress:
+            self.log.note(f"[batchjob: ignored {self.dropped_progress} malformed progress line(s)]")
+
+    def _progress(self, data: bytes) -> None:
+        self.progress_buffer += data
+        *lines, self.progress_buffer = self.progress_buffer.split(b"\n")
+        if len(self.progress_buffer) > MAX_PROGRESS_LINE:
+            self.progress_buffer = b""
+            self.dropped_progress += 1
+        for line in lines:
+            self._progress_line(line)
+
+    def _progress_line(self, line: bytes) -> None:
+        if not line.strip():
+            return
+        try:
+            if len(line) > MAX_PROGRESS_LINE:
+                raise ValueError("too long")
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not an object")
+            message = record.get("message")
+            current, total = record.get("current"), record.get("total")
+            if message is not None and not isinstance(message, str):
+                message = json.dumps(message, ensure_ascii=False)
+            for count in (current, total):
+                if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
+                    raise ValueError("counts must be integers")
+        except (ValueError, RecursionError):
+            self.dropped_progress += 1
+            if self.dropped_progress <= 3:
+                shown = line[:200].decode("utf-8", "replace")
+                self.log.note(f"[batchjob: ignored a progress line that is not valid: {shown}]")
+            return
+        self.control.on_progress(message, current, total)
+
+
+def _spawn_error(spec: JobSpec, exc: Exception) -> str:
+    command = spec.spawn.command[0] if spec.spawn.command else "?"
+    if isinstance(exc, FileNotFoundError) and spec.spawn.cwd and not os.path.isdir(spec.spawn.cwd):
+        return f"the working directory {spec.spawn.cwd} does not exist"
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{command}: {exc.strerror}"
+    return f"{command}: {exc}"

@@ -1,0 +1,144 @@
+"""The job's log: every byte a child writes, timestamped and stream-tagged, whatever the disk does.
+
+A record is `<UTC time> <stream><mark> | <bytes>\\n`. The mark is a space when the record
+starts a line of that stream and `+` when it continues the previous record's line (output
+without a newline is written in chunks as it arrives), so the original stream is the records'
+bytes, joined without their record newline where the next record of the stream says `+`.
+Work is per chunk, not per line: one `replace` puts the prefix in front of every line.
+
+The log is capped at `max_log_bytes`: the head is kept in place, the tail in two rotating
+segment files, and at the end they are joined around a marker saying how much was left out.
+A full disk ends writing with a marker (room for it is made by giving back the last block)
+and the job goes on; its output is still drained, only not kept.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BLOCK = 4096
+STREAM_TAGS = {"stdout": b"out", "stderr": b"err", "batchjob": b"bjq"}
+
+
+def _timestamp() -> bytes:
+    now = time.time()
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)).encode() + b".%03dZ" % (
+        int(now * 1000) % 1000
+    )
+
+
+@dataclass
+class JobLog:
+    """Writes a job's output to its log file; never raises for a disk problem."""
+
+    path: Path
+    max_bytes: int
+    disk_error: str | None = None
+    left_out: int = 0
+    _head_written: int = 0
+    _open_line: dict[str, bool] = field(default_factory=dict)
+    _tail_sizes: list[int] = field(default_factory=lambda: [0, 0])
+    _tail_current: int = -1  # -1: still writing the head
+
+    def __post_init__(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        self._head_limit = self.max_bytes // 2
+        self._segment_limit = max(BLOCK, (self.max_bytes - self._head_limit) // 2)
+        self._tail_paths = [self.path.with_name(f"{self.path.name}.tail{n}") for n in (0, 1)]
+
+    def write(self, stream: str, data: bytes) -> None:
+        """Add one chunk read from `stream`."""
+        if not data:
+            return
+        prefix = _timestamp() + b" " + STREAM_TAGS[stream]
+        ends_line = data.endswith(b"\n")
+        body = data[:-1] if ends_line else data
+        mark = b"+ | " if self._open_line.get(stream, False) else b"  | "
+        self._open_line[stream] = not ends_line
+        self._store(prefix + mark + body.replace(b"\n", b"\n" + prefix + b"  | ") + b"\n")
+
+    def note(self, message: str) -> None:
+        """A line from batchjob itself (a dropped progress line, a leftover process...)."""
+        self.write("batchjob", message.encode("utf-8", "replace") + b"\n")
+
+    def close(self) -> None:
+        """Join the kept tail to the head, with a marker of what was left out; close."""
+        if self._file < 0:
+            return
+        if self._tail_current >= 0:
+            older = 1 - self._tail_current
+            self._append(
+                b"%s bjq  | [batchjob: %d bytes of log left out here; the log keeps its "
+                b"first and last part (max_log_bytes=%d)]\n"
+                % (_timestamp(), self.left_out, self.max_bytes)
+            )
+            for index in (older, self._tail_current):
+                if self._tail_sizes[index]:
+                    self._append(self._tail_paths[index].read_bytes())
+        for tail in self._tail_paths:
+            tail.unlink(missing_ok=True)
+        os.close(self._file)
+        self._file = -1
+
+    def _store(self, record: bytes) -> None:
+        if self.disk_error is not None:
+            self.left_out += len(record)
+        elif self._tail_current < 0 and self._head_written + len(record) <= self._head_limit:
+            self._append(record)
+            self._head_written += len(record)
+        else:
+            self._keep_in_tail(record)
+
+    def _keep_in_tail(self, record: bytes) -> None:
+        if len(record) > self._segment_limit:
+            self.left_out += len(record) - self._segment_limit
+            record = record[-self._segment_limit :]
+        current = self._tail_current
+        if current < 0 or self._tail_sizes[current] + len(record) > self._segment_limit:
+            current = self._tail_current = 0 if current < 0 else 1 - current
+            self.left_out += self._tail_sizes[current]
+            self._tail_sizes[current] = 0
+            mode = "wb"
+        else:
+            mode = "ab"
+        try:
+            with self._tail_paths[current].open(mode) as handle:
+                handle.write(record)
+            self._tail_sizes[current] += len(record)
+        except OSError as exc:
+            self._stop_on_disk_error(exc)
+
+    def _append(self, data: bytes) -> None:
+        if self.disk_error is not None:
+            return
+        try:
+            _write_all(self._file, data)
+        except OSError as exc:
+            self._stop_on_disk_error(exc)
+
+    def _stop_on_disk_error(self, exc: OSError) -> None:
+        """Keep the job going; leave a marker in the log, giving back a block for its room."""
+        self.disk_error = os.strerror(exc.errno) if exc.errno else str(exc)
+        marker = (
+            b"\n%s bjq  | [batchjob: log truncated here: %s; the job's further output "
+            b"is not kept]\n" % (_timestamp(), self.disk_error.encode())
+        )
+        try:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                size = os.fstat(self._file).st_size
+                os.ftruncate(self._file, max(0, size - BLOCK - len(marker)))
+            _write_all(self._file, marker)
+        except OSError:
+            pass
+
+
+def _write_all(descriptor: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.write(descriptor, view)
+        view = view[written:]

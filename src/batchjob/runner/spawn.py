@@ -1,0 +1,140 @@
+"""Start a job hermetically: explicit env, stdin /dev/null, pipes, its own session, TMPDIR.
+
+What the child sees does not depend on what the worker happens to inherit from systemd or a
+shell: the variables a Python job needs to behave as it does by hand (unbuffered UTF-8 output,
+a UTF-8 locale, HOME) are set here, and the worker's own BATCH_JOB_* configuration (a
+database URL with its password) never reaches the job.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from batchjob.progress import PROGRESS_FD_VARIABLE
+
+# The worker's configuration; a job must never receive it (SPEC §2).
+WORKER_ONLY_VARIABLES = frozenset(
+    {"BATCH_JOB_DATABASE_URL", "BATCH_JOB_CONFIG", "BATCH_JOB_LOG_DIR", "BATCH_JOB_WEB_TOKEN"}
+)
+# Set for every job: the fixes for "works by hand, fails under the worker" (SPEC §5).
+ALWAYS = {
+    "PYTHONUNBUFFERED": "1",
+    "PYTHONIOENCODING": "utf-8",
+    "PYTHONUTF8": "1",
+    "PYTHONFAULTHANDLER": "1",
+}
+UTF8_LOCALE = "C.UTF-8"
+# systemd's NOTIFY_SOCKET and WATCHDOG_* belong to the worker; a job writing to them would lie.
+INHERITED_NEVER = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    """Everything needed to start one attempt; the runner adds nothing from elsewhere."""
+
+    job_id: int
+    attempt: int
+    queue: str
+    command: list[str]
+    env: Mapping[str, str]
+    cwd: str | None
+    base_env: Mapping[str, str]
+    """The worker's environment (or its env_file), before the job's own variables."""
+
+
+@dataclass
+class Spawned:
+    process: subprocess.Popen[bytes]
+    stdout: int
+    stderr: int
+    progress: int
+    tmpdir: Path
+    env: dict[str, str]
+
+
+def build_environment(request: SpawnRequest, tmpdir: Path, progress_fd: int) -> dict[str, str]:
+    """The child's whole environment: base, then task/job env, then what batchjob guarantees."""
+    env = {
+        name: value
+        for name, value in request.base_env.items()
+        if name not in WORKER_ONLY_VARIABLES and name not in INHERITED_NEVER
+    }
+    env.update(request.env)
+    env.update(ALWAYS)
+    env.update(
+        {
+            "BATCH_JOB_ID": str(request.job_id),
+            "BATCH_JOB_ATTEMPT": str(request.attempt),
+            "BATCH_JOB_QUEUE": request.queue,
+            PROGRESS_FD_VARIABLE: str(progress_fd),
+            "TMPDIR": str(tmpdir),
+        }
+    )
+    if not any(env.get(name) for name in ("LC_ALL", "LC_CTYPE", "LANG")):
+        env["LANG"] = UTF8_LOCALE
+    if not env.get("HOME"):
+        env["HOME"] = _home_directory()
+    env.setdefault("PATH", os.defpath)
+    return env
+
+
+def spawn(request: SpawnRequest, tmp_root: Path | None = None) -> Spawned:
+    """Start the command; raises OSError (with the job's cwd/command in it) when it cannot."""
+    tmpdir = Path(tempfile.mkdtemp(prefix=f"batchjob-{request.job_id}-", dir=tmp_root))
+    out_read, out_write = os.pipe()
+    err_read, err_write = os.pipe()
+    progress_read, progress_write = os.pipe()
+    env = build_environment(request, tmpdir, progress_write)
+    try:
+        process = subprocess.Popen(
+            request.command,
+            stdin=subprocess.DEVNULL,
+            stdout=out_write,
+            stderr=err_write,
+            pass_fds=(progress_write,),
+            cwd=request.cwd,
+            env=env,
+            start_new_session=True,
+            close_fds=True,
+        )
+    except BaseException:
+        for descriptor in (out_read, err_read, progress_read):
+            os.close(descriptor)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    finally:
+        for descriptor in (out_write, err_write, progress_write):
+            os.close(descriptor)
+    return Spawned(process, out_read, err_read, progress_read, tmpdir, env)
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Variables from a systemd EnvironmentFile: KEY=VALUE lines, # and ; comments, quotes."""
+    env: dict[str, str] = {}
+    for number, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        name, separator, value = line.partition("=")
+        name = name.strip()
+        if not separator or not name:
+            raise ValueError(f"{path}:{number}: expected NAME=VALUE, got {raw!r}")
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "\"'":
+            value = value[1:-1]
+        env[name] = value
+    return env
+
+
+def _home_directory() -> str:
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir or "/"
+    except KeyError:
+        return "/"

@@ -1,0 +1,153 @@
+"""The job's process tree: find it, measure it, end it.
+
+The worker is a child subreaper, so every descendant of a job — even a double-forked daemon
+that called setsid — stays below the worker. A process belongs to job J when it is in J's
+session or carries J's BATCH_JOB_ID in its environment.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import threading
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psutil
+
+PR_SET_CHILD_SUBREAPER = 36
+_POLL_SECONDS = 0.05
+# Held while a job is spawned and registered, and while adopted orphans are reaped, so that
+# the reaper never collects the exit status of a job's main process before Popen can.
+spawn_lock = threading.Lock()
+_main_pids: set[int] = set()
+
+
+def become_subreaper() -> bool:
+    """Adopt orphaned descendants (Linux ≥ 3.4); False where the kernel refuses."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def register_main_pid(pid: int) -> None:
+    """Call with `spawn_lock` held, right after the job's process was created."""
+    _main_pids.add(pid)
+
+
+def forget_main_pid(pid: int) -> None:
+    with spawn_lock:
+        _main_pids.discard(pid)
+
+
+def reap_adopted() -> int:
+    """Collect the exit status of orphans the worker adopted; returns how many were reaped."""
+    reaped = 0
+    with spawn_lock:
+        for child in psutil.Process().children():
+            if child.pid in _main_pids:
+                continue
+            try:
+                pid, _status = os.waitpid(child.pid, os.WNOHANG)
+            except ChildProcessError:
+                continue
+            reaped += pid != 0
+    return reaped
+
+
+def job_processes(root_pid: int, job_id: int) -> list[psutil.Process]:
+    """The live processes of the job whose main process is (or was) `root_pid`."""
+    marker = str(job_id)
+    found: list[psutil.Process] = []
+    try:
+        descendants = psutil.Process().children(recursive=True)
+    except psutil.Error:
+        return found
+    for process in descendants:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                continue
+            in_session = os.getsid(process.pid) == root_pid
+            if in_session or process.environ().get("BATCH_JOB_ID") == marker:
+                found.append(process)
+        except (psutil.Error, ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+@dataclass
+class TreeSample:
+    rss_bytes: int = 0
+    open_fds: int = 0
+    threads: int = 0
+    processes: int = 0
+    cpu_seconds: float = 0.0
+
+
+def sample(processes: Iterable[psutil.Process]) -> TreeSample:
+    """RSS, fds, threads and CPU of the whole tree, read in one pass over /proc."""
+    total = TreeSample()
+    for process in processes:
+        try:
+            with process.oneshot():
+                total.rss_bytes += process.memory_info().rss
+                total.open_fds += process.num_fds()
+                total.threads += process.num_threads()
+                times = process.cpu_times()
+                total.cpu_seconds += times.user + times.system
+                total.processes += 1
+        except psutil.Error:
+            continue
+    return total
+
+
+def describe(process: psutil.Process) -> str:
+    """`pid 123 (sleep 600)`: how a leftover process is reported."""
+    try:
+        command = " ".join(process.cmdline()) or process.name()
+    except psutil.Error:
+        command = "?"
+    return f"pid {process.pid} ({command})"
+
+
+def signal_all(processes: Iterable[psutil.Process], signum: int) -> None:
+    for process in processes:
+        try:
+            process.send_signal(signum)
+        except psutil.Error:
+            continue
+
+
+def terminate(processes: list[psutil.Process], grace: float) -> list[psutil.Process]:
+    """SIGTERM, up to `grace` seconds, then SIGKILL; returns those that needed SIGKILL.
+
+    Blocking: for leftovers after the job's end. A running job is stopped without blocking
+    by the runner's own loop, which keeps draining the pipes meanwhile.
+    """
+    signal_all(processes, signal.SIGTERM)
+    alive = wait_gone(processes, grace)
+    signal_all(alive, signal.SIGKILL)
+    wait_gone(alive, 2.0)
+    return alive
+
+
+def wait_gone(processes: list[psutil.Process], timeout: float) -> list[psutil.Process]:
+    """Wait until each process has exited (a zombie counts); never reaps, never steals a status."""
+    deadline = time.monotonic() + timeout
+    alive = processes
+    while True:
+        alive = [process for process in alive if is_alive(process)]
+        if not alive or time.monotonic() >= deadline:
+            return alive
+        time.sleep(_POLL_SECONDS)
+
+
+def is_alive(process: psutil.Process) -> bool:
+    try:
+        return bool(process.is_running() and process.status() != psutil.STATUS_ZOMBIE)
+    except psutil.Error:
+        return False

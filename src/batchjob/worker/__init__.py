@@ -1,0 +1,1 @@
+"""The worker daemon: claims jobs, runs each through the runner, keeps their leases."""

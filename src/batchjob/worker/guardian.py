@@ -1,0 +1,97 @@
+"""A job's processes never outlive their worker, however the worker dies.
+
+At start-up, before any thread or connection exists, the worker forks a small guardian that
+holds the read end of a pipe. The worker tells it which jobs run (`+<job_id> <pid>`) and
+which ended (`-<job_id>`). When the worker dies — SIGKILL, the OOM killer, a crash — the
+kernel closes the pipe, the guardian reads EOF and kills every process of the jobs still
+listed: those in the job's session and those carrying its BATCH_JOB_ID (a double-forked
+daemon included). A clean exit closes the pipe too, with no job listed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+
+import psutil
+
+
+class Guardian:
+    """The worker's end of the pipe to its guardian process."""
+
+    def __init__(self) -> None:
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the guardian
+            os.close(write_end)
+            _guard(read_end)
+            os._exit(0)
+        os.close(read_end)
+        os.set_inheritable(write_end, False)
+        self.pid = pid
+        self._pipe = write_end
+        self._lock = threading.Lock()
+
+    def job_started(self, job_id: int, pid: int) -> None:
+        self._send(f"+{job_id} {pid}\n")
+
+    def job_ended(self, job_id: int) -> None:
+        self._send(f"-{job_id}\n")
+
+    def close(self) -> None:
+        """A clean stop: the guardian exits without killing anything."""
+        with self._lock:
+            if self._pipe >= 0:
+                os.close(self._pipe)
+                self._pipe = -1
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(self.pid, 0)
+
+    def _send(self, line: str) -> None:
+        with self._lock:
+            if self._pipe >= 0:
+                os.write(self._pipe, line.encode())
+
+
+def _guard(read_end: int) -> None:
+    """The guardian's whole life: follow the list of running jobs until the pipe closes."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_IGN)  # a Ctrl-C or `systemctl stop` is for the worker
+    running: dict[str, int] = {}
+    buffered = b""
+    while True:
+        try:
+            data = os.read(read_end, 4096)
+        except InterruptedError:
+            continue
+        if not data:
+            break
+        buffered += data
+        *lines, buffered = buffered.split(b"\n")
+        for line in lines:
+            text = line.decode()
+            if text.startswith("+"):
+                job_id, pid = text[1:].split()
+                running[job_id] = int(pid)
+            elif text.startswith("-"):
+                running.pop(text[1:], None)
+    if running:
+        _kill_jobs(running)
+
+
+def _kill_jobs(running: dict[str, int]) -> None:
+    sessions = set(running.values())
+    job_ids = set(running)
+    me = os.getpid()
+    for process in psutil.process_iter(["pid"]):
+        if process.pid == me:
+            continue
+        try:
+            if os.getsid(process.pid) in sessions or (
+                process.environ().get("BATCH_JOB_ID") in job_ids
+            ):
+                process.kill()
+        except (psutil.Error, OSError):
+            continue

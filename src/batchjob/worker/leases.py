@@ -1,0 +1,137 @@
+"""Keep every running job's lease, pass on its progress and its cancellation.
+
+One thread for all of a worker's jobs, one short tick every half second: store the latest
+progress of each job (so a job reporting 100,000 times a second costs two writes a second),
+ask which jobs were cancelled, and renew each lease a third of the way through it. A lease
+that the database refuses to renew is lost: the job is stopped at once. A lease that cannot
+be renewed because the database is unreachable is given up before it can expire (at two
+thirds of `lease_timeout`), so that no rescued job ever runs twice at the same time.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+
+from batchjob.errors import StoreUnavailable
+from batchjob.runner import RunControl, StopReason
+from batchjob.store import Lease, Store
+
+TICK_SECONDS = 0.5
+log = logging.getLogger("batchjob.worker")
+
+Progress = tuple[str | None, int | None, int | None]
+
+
+@dataclass
+class Tracked:
+    """What the keeper knows of one running job."""
+
+    lease: Lease
+    control: RunControl
+    renewed_at: float
+    pid: int | None = None
+    progress: Progress | None = None
+    progress_stored: Progress | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def report(self, message: str | None, current: int | None, total: int | None) -> None:
+        """Called by the runner for every progress line; only remembers the latest."""
+        with self._lock:
+            self.progress = (message, current, total)
+
+    def unstored_progress(self) -> Progress | None:
+        with self._lock:
+            latest = self.progress
+        return latest if latest != self.progress_stored else None
+
+
+class LeaseKeeper(threading.Thread):
+    def __init__(self, store: Store, lease_timeout: float, worker_id: str) -> None:
+        super().__init__(name="lease-keeper", daemon=True)
+        self.store = store
+        self.lease_timeout = lease_timeout
+        self.worker_id = worker_id
+        self._jobs: dict[int, Tracked] = {}
+        self._lock = threading.Lock()
+        self._stopping = threading.Event()
+        self._database_down_since: float | None = None
+
+    def track(self, lease: Lease, control: RunControl) -> Tracked:
+        tracked = Tracked(lease, control, renewed_at=time.monotonic())
+        with self._lock:
+            self._jobs[lease.job_id] = tracked
+        return tracked
+
+    def untrack(self, lease: Lease) -> None:
+        with self._lock:
+            self._jobs.pop(lease.job_id, None)
+
+    def stop_all(self, reason: StopReason) -> None:
+        with self._lock:
+            tracked = list(self._jobs.values())
+        for job in tracked:
+            job.control.request_stop(reason)
+
+    def close(self) -> None:
+        self._stopping.set()
+
+    def run(self) -> None:
+        while not self._stopping.wait(TICK_SECONDS):
+            self.tick(time.monotonic())
+
+    def tick(self, now: float) -> None:
+        with self._lock:
+            tracked = list(self._jobs.values())
+        try:
+            self._tick(tracked, now)
+            if self._database_down_since is not None:
+                log.info("action=database_back down_for=%.1fs", now - self._database_down_since)
+                self._database_down_since = None
+        except StoreUnavailable as exc:
+            if self._database_down_since is None:
+                self._database_down_since = now
+                log.warning("action=database_unavailable error=%s", exc)
+            self._fence(tracked, now)
+
+    def _tick(self, tracked: list[Tracked], now: float) -> None:
+        for job in tracked:
+            progress = job.unstored_progress()
+            if progress is not None and self.store.report_progress(job.lease, *progress):
+                job.progress_stored = progress
+        for job_id in self.store.cancel_requested([job.lease.job_id for job in tracked]):
+            with self._lock:
+                cancelled = self._jobs.get(job_id)
+            if cancelled is not None and not cancelled.control.stop_requested:
+                log.info("action=cancel_requested job_id=%d", job_id)
+                cancelled.control.request_stop(StopReason.CANCELLED)
+        for job in tracked:
+            if now - job.renewed_at < self.lease_timeout / 3:
+                continue
+            if self.store.heartbeat(job.lease, self.lease_timeout, pid=job.pid):
+                job.renewed_at = now
+            elif not job.control.stop_requested:
+                log.warning(
+                    "action=lease_lost job_id=%d unrenewed_for=%.1fs: the job was rescued "
+                    "elsewhere; stopping this attempt",
+                    job.lease.job_id,
+                    now - job.renewed_at,
+                )
+                job.control.request_stop(StopReason.LEASE_LOST)
+
+    def _fence(self, tracked: list[Tracked], now: float) -> None:
+        """Stop jobs whose lease may expire before the database is back (self-fencing)."""
+        for job in tracked:
+            if (
+                now - job.renewed_at >= self.lease_timeout * 2 / 3
+                and not job.control.stop_requested
+            ):
+                log.warning(
+                    "action=self_fence job_id=%d unrenewed_for=%.1fs: the database is "
+                    "unreachable; stopping the job before its lease expires",
+                    job.lease.job_id,
+                    now - job.renewed_at,
+                )
+                job.control.request_stop(StopReason.LEASE_LOST)

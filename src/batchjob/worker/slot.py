@@ -1,0 +1,187 @@
+"""One claimed job, from start to recorded end: run it, judge it, write the outcome.
+
+The outcome is written with the attempt's lease token, so a worker that lost the lease
+changes nothing. When the database is away, the write is retried until it is back: the end
+of a job that finished meanwhile is not lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TypeVar
+
+from batchjob.config import Settings
+from batchjob.diagnosis.outcome import judge, retry_delay
+from batchjob.errors import StoreUnavailable
+from batchjob.model import JobStatus
+from batchjob.redact import mask_environment
+from batchjob.runner import JobSpec, RunControl, RunResult, StopReason, run
+from batchjob.runner.spawn import SpawnRequest
+from batchjob.store import ClaimedJob, Outcome, Store
+from batchjob.worker.guardian import Guardian
+from batchjob.worker.leases import LeaseKeeper, Tracked
+
+DEFAULT_RETRY_BACKOFF = 30.0
+WRITE_RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
+T = TypeVar("T")
+log = logging.getLogger("batchjob.worker")
+
+
+@dataclass(frozen=True)
+class SlotContext:
+    """What every job of one worker shares."""
+
+    settings: Settings
+    store: Store
+    keeper: LeaseKeeper
+    guardian: Guardian
+    worker_id: str
+    base_env: Mapping[str, str]
+    shutting_down: threading.Event
+
+
+def execute(claimed: ClaimedJob, context: SlotContext) -> None:
+    """Run one claimed attempt and record how it ended."""
+    job, lease = claimed.job, claimed.lease
+    settings = context.settings
+    log_path = (settings.log_dir / "jobs" / f"{job.id}.log").absolute()
+    control = RunControl()
+    tracked = context.keeper.track(lease, control)
+    control.on_progress = tracked.report
+    control.on_started = lambda pid: _started(context, tracked, job.id, pid, str(log_path))
+    spec = JobSpec(
+        spawn=SpawnRequest(
+            job_id=job.id,
+            attempt=job.attempt,
+            queue=job.queue,
+            command=job.command,
+            env=job.env,
+            cwd=job.cwd,
+            base_env=context.base_env,
+        ),
+        log_path=log_path,
+        max_log_bytes=settings.worker.max_log_bytes,
+        timeout=job.timeout,
+        kill_grace=settings.worker.kill_grace,
+        drain_grace=settings.worker.drain_grace,
+    )
+    log.info(
+        "action=started job_id=%d attempt=%d/%d queue=%s log=%s",
+        job.id, job.attempt, job.max_attempts, job.queue, log_path,
+    )  # fmt: skip
+    try:
+        result = run(spec, control)
+    finally:
+        context.keeper.untrack(lease)
+        context.guardian.job_ended(job.id)
+    _record(claimed, result, tracked, context)
+
+
+def _started(context: SlotContext, tracked: Tracked, job_id: int, pid: int, log_path: str) -> None:
+    tracked.pid = pid
+    context.guardian.job_started(job_id, pid)
+    try:
+        context.store.mark_started(tracked.lease, pid, log_path)
+    except StoreUnavailable as exc:
+        log.warning("action=start_not_recorded job_id=%d pid=%d error=%s", job_id, pid, exc)
+
+
+def _record(claimed: ClaimedJob, result: RunResult, tracked: Tracked, context: SlotContext) -> None:
+    job, lease = claimed.job, claimed.lease
+    ended = f"duration={result.duration:.3f}s exit={result.exit_code} signal={result.signal}"
+    if result.stopped_by == StopReason.LEASE_LOST:
+        log.warning("action=abandoned job_id=%d %s reason=lease_lost", job.id, ended)
+        _write(context, lambda: context.store.record_event(
+            job.id, "lease_lost",
+            "this attempt lost its lease (rescued elsewhere or the database was unreachable) "
+            "and was stopped; its result is not recorded",
+            worker_id=context.worker_id,
+        ))  # fmt: skip
+        return
+    if result.stopped_by == StopReason.SHUTDOWN:
+        released = _write(
+            context,
+            lambda: context.store.release(
+                lease, "the worker shut down; the job will run again without using an attempt"
+            ),
+        )
+        log.info("action=released job_id=%d %s released=%s", job.id, ended, released)
+        return
+    verdict = judge(result, job.timeout)
+    delay: float | None = None
+    if verdict.succeeded:
+        status = JobStatus.COMPLETED
+    elif verdict.retryable and job.attempt < job.max_attempts:
+        status = JobStatus.PENDING
+        backoff = job.retry_backoff if job.retry_backoff is not None else DEFAULT_RETRY_BACKOFF
+        delay = retry_delay(backoff, job.attempt, random.uniform(0.75, 1.25))
+    elif result.stopped_by == StopReason.CANCELLED:
+        status = JobStatus.CANCELLED
+    else:
+        status = JobStatus.FAILED
+    outcome = Outcome(
+        status,
+        exit_code=result.exit_code,
+        signal=result.signal,
+        failure_reason=verdict.failure_reason,
+        error_summary=verdict.summary,
+        retry_delay=delay,
+        progress=tracked.unstored_progress(),
+        peak_rss_bytes=result.peak_rss_bytes,
+        peak_open_fds=result.peak_open_fds,
+    )
+    if delay is not None:
+        log.info(
+            "action=retry_scheduled job_id=%d %s reason=%s next_attempt=%d delay=%.1fs",
+            job.id, ended, verdict.failure_reason, job.attempt + 1, delay,
+        )  # fmt: skip
+    else:
+        log.info("action=%s job_id=%d %s reason=%s", status, job.id, ended, verdict.failure_reason)
+    if not _write(context, lambda: context.store.finish(lease, outcome)):
+        log.warning("action=result_not_recorded job_id=%d: the lease was lost meanwhile", job.id)
+    _record_context(context, claimed, result)
+
+
+def _record_context(context: SlotContext, claimed: ClaimedJob, result: RunResult) -> None:
+    """The attempt's execution context, secrets masked: the evidence for env-diff."""
+    if not result.env:
+        return
+    data = {
+        "pid": result.pid,
+        "cwd": claimed.job.cwd or os.getcwd(),
+        "environment": mask_environment(result.env),
+        "peak_processes": result.peak_processes,
+        "peak_threads": result.peak_threads,
+        "cpu_seconds": round(result.cpu_seconds, 3),
+        "leftovers": result.leftovers,
+        "log_error": result.log_error,
+    }
+    _write(context, lambda: context.store.record_event(
+        claimed.job.id, "attempt", f"attempt {claimed.job.attempt} ended", data=data,
+        worker_id=context.worker_id,
+    ))  # fmt: skip
+
+
+def _write(context: SlotContext, write: Callable[[], T]) -> T | None:
+    """Run a store write, waiting out an unreachable database for as long as the worker runs."""
+    attempt = 0
+    while True:
+        try:
+            return write()
+        except StoreUnavailable as exc:
+            if context.shutting_down.is_set() and attempt >= len(WRITE_RETRY_SECONDS):
+                log.error("action=write_abandoned error=%s: the worker is shutting down", exc)
+                return None
+            pause = WRITE_RETRY_SECONDS[min(attempt, len(WRITE_RETRY_SECONDS) - 1)]
+            if attempt == 0:
+                log.warning(
+                    "action=write_delayed error=%s: retrying until the database is back", exc
+                )
+            attempt += 1
+            time.sleep(pause)

@@ -1,0 +1,260 @@
+"""The worker daemon: register, claim into free slots, keep leases, stop gracefully.
+
+    tick: stop? → maintenance due? → claim up to the free slots → sleep until a slot frees
+          or the poll interval passes.
+
+SIGTERM/SIGINT: stop claiming, let running jobs finish within `shutdown_grace`, then stop
+them and put them back to pending without using an attempt. SIGHUP: reopen the log file.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import secrets
+import shutil
+import signal
+import socket
+import threading
+import time
+from collections.abc import Sequence
+from types import FrameType
+
+from batchjob import __version__
+from batchjob.config import Settings
+from batchjob.errors import StoreUnavailable
+from batchjob.runner import StopReason, watch
+from batchjob.runner.spawn import read_env_file
+from batchjob.store import ClaimedJob, Store, WorkerRegistration
+from batchjob.worker.guardian import Guardian
+from batchjob.worker.leases import LeaseKeeper
+from batchjob.worker.maintenance import Rescuer
+from batchjob.worker.slot import SlotContext, execute
+
+WORKER_LOG_NAME = "batch_job_worker.log"
+# Below this much free space in log_dir the worker stops claiming: a job whose log cannot be
+# written is a job nobody can debug.
+MIN_FREE_LOG_BYTES = 16 * 1024 * 1024
+DATABASE_BACKOFF_SECONDS = (1, 2, 5, 10, 30)
+log = logging.getLogger("batchjob.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        burst: bool = False,
+    ) -> None:
+        self.settings = settings
+        self.concurrency = concurrency or settings.worker.concurrency
+        self.queues = list(queues) if queues else settings.worker.queues
+        self.burst = burst
+        self.host = socket.gethostname()
+        self.worker_id = f"{self.host}:{os.getpid()}:{secrets.token_hex(3)}"
+        self._stopping = threading.Event()
+        self._hurry = threading.Event()
+        self._wake = threading.Event()
+        self._slots: dict[int, tuple[threading.Thread, ClaimedJob]] = {}
+        self._log_handler: logging.Handler | None = None
+
+    # ---- lifecycle ------------------------------------------------------------------------
+
+    def run(self) -> int:
+        """Work until stopped (or, with burst, until nothing is due); returns the exit code."""
+        self._open_log()
+        guardian = Guardian()  # first: before any thread or database connection exists
+        subreaper = watch.become_subreaper()
+        store = Store(self.settings.database_url)
+        worker = self.settings.worker
+        keeper = LeaseKeeper(store, worker.lease_timeout, self.worker_id)
+        context = SlotContext(
+            settings=self.settings,
+            store=store,
+            keeper=keeper,
+            guardian=guardian,
+            worker_id=self.worker_id,
+            base_env=self._base_environment(),
+            shutting_down=self._stopping,
+        )
+        rescuer = Rescuer(store, self.host, worker.lease_timeout, worker.max_lost_attempts)
+        self._install_signal_handlers()
+        log.info(
+            "action=worker_started worker_id=%s pid=%d version=%s concurrency=%d queues=%s "
+            "database=%s subreaper=%s",
+            self.worker_id, os.getpid(), __version__, self.concurrency,
+            ",".join(self.queues) if self.queues else "*", store.display_url, subreaper,
+        )  # fmt: skip
+        self._register(store)
+        keeper.start()
+        try:
+            self._loop(store, context, rescuer)
+        finally:
+            self._shut_down(keeper)
+            keeper.close()
+            guardian.close()
+            with contextlib.suppress(StoreUnavailable):
+                store.worker_seen(self.worker_id, stopped=True)
+            store.close()
+            log.info("action=worker_stopped worker_id=%s", self.worker_id)
+        return 0
+
+    def _loop(self, store: Store, context: SlotContext, rescuer: Rescuer) -> None:
+        database_failures = 0
+        low_space_reported = False
+        while not self._stopping.is_set():
+            self._collect_finished()
+            watch.reap_adopted()
+            try:
+                rescuer.run_if_due(time.monotonic())
+                free = self.concurrency - len(self._slots)
+                if free > 0 and not (low_space_reported := self._log_space_low(low_space_reported)):
+                    for claimed in store.claim(
+                        self.worker_id, self.queues, free, self.settings.worker.lease_timeout
+                    ):
+                        self._start(claimed, context)
+                if self.burst and not self._slots and not store.has_due_jobs(self.queues):
+                    log.info("action=burst_done worker_id=%s", self.worker_id)
+                    return
+                if database_failures:
+                    log.info("action=database_back worker_id=%s", self.worker_id)
+                database_failures = 0
+                delay = self.settings.worker.poll_interval
+            except StoreUnavailable as exc:
+                if database_failures == 0:
+                    log.warning("action=database_unavailable error=%s: waiting for it", exc)
+                delay = DATABASE_BACKOFF_SECONDS[
+                    min(database_failures, len(DATABASE_BACKOFF_SECONDS) - 1)
+                ]
+                database_failures += 1
+            if len(self._slots) < self.concurrency or self.burst:
+                self._wake.wait(delay)
+            else:
+                self._wake.wait()
+            self._wake.clear()
+
+    def _start(self, claimed: ClaimedJob, context: SlotContext) -> None:
+        log.info(
+            "action=claimed job_id=%d attempt=%d worker_id=%s",
+            claimed.job.id, claimed.job.attempt, self.worker_id,
+        )  # fmt: skip
+
+        def work() -> None:
+            try:
+                execute(claimed, context)
+            except Exception:
+                log.exception("action=slot_crashed job_id=%d", claimed.job.id)
+            finally:
+                self._wake.set()
+
+        thread = threading.Thread(target=work, name=f"job-{claimed.job.id}", daemon=True)
+        self._slots[claimed.job.id] = (thread, claimed)
+        thread.start()
+
+    def _collect_finished(self) -> None:
+        for job_id, (thread, _claimed) in list(self._slots.items()):
+            if not thread.is_alive():
+                thread.join()
+                del self._slots[job_id]
+
+    def _shut_down(self, keeper: LeaseKeeper) -> None:
+        """Let running jobs finish within shutdown_grace, then stop and release them."""
+        self._stopping.set()
+        if not self._slots:
+            return
+        grace = self.settings.worker.shutdown_grace
+        log.info("action=shutdown_waiting jobs=%d grace=%gs", len(self._slots), grace)
+        deadline = time.monotonic() + grace
+        while self._slots and time.monotonic() < deadline and not self._hurry.is_set():
+            self._wake.wait(min(0.2, max(deadline - time.monotonic(), 0)))
+            self._wake.clear()
+            self._collect_finished()
+        for _thread, claimed in self._slots.values():
+            log.info("action=shutdown_stopping job_id=%d", claimed.job.id)
+        keeper.stop_all(StopReason.SHUTDOWN)
+        for thread, _claimed in list(self._slots.values()):
+            thread.join()
+        self._collect_finished()
+
+    # ---- set-up -----------------------------------------------------------------------------
+
+    def _install_signal_handlers(self) -> None:
+        def stop(signum: int, _frame: FrameType | None) -> None:
+            if self._stopping.is_set():
+                self._hurry.set()  # a second signal: do not wait out the grace period
+            log.info("action=signal signal=%s: stopping", signal.Signals(signum).name)
+            self._stopping.set()
+            self._wake.set()
+
+        def reopen(_signum: int, _frame: FrameType | None) -> None:
+            self._open_log()
+            log.info("action=log_reopened")
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGHUP, reopen)
+
+    def _open_log(self) -> None:
+        """(Re)open <log_dir>/batch_job_worker.log; SIGHUP calls this after logrotate."""
+        path = self.settings.log_dir / WORKER_LOG_NAME
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setFormatter(
+            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+        )
+        log.setLevel(logging.INFO)
+        log.addHandler(handler)
+        if self._log_handler is not None:
+            log.removeHandler(self._log_handler)
+            self._log_handler.close()
+        else:
+            console = logging.StreamHandler()
+            console.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+            log.addHandler(console)
+        self._log_handler = handler
+
+    def _base_environment(self) -> dict[str, str]:
+        env_file = self.settings.worker.env_file
+        return read_env_file(env_file) if env_file is not None else dict(os.environ)
+
+    def _register(self, store: Store) -> None:
+        registration = WorkerRegistration(
+            worker_id=self.worker_id,
+            host=self.host,
+            pid=os.getpid(),
+            version=__version__,
+            queues=self.queues,
+            concurrency=self.concurrency,
+        )
+        failures = 0
+        while True:
+            try:
+                store.register_worker(registration)
+                if failures:
+                    log.info("action=database_back worker_id=%s", self.worker_id)
+                return
+            except StoreUnavailable as exc:
+                if failures == 0:
+                    log.warning("action=database_unavailable error=%s: waiting for it", exc)
+                pause = DATABASE_BACKOFF_SECONDS[min(failures, len(DATABASE_BACKOFF_SECONDS) - 1)]
+                failures += 1
+                if self._stopping.wait(pause):
+                    raise
+
+    def _log_space_low(self, reported: bool) -> bool:
+        try:
+            free = shutil.disk_usage(self.settings.log_dir).free
+        except OSError:
+            return False
+        low = free < MIN_FREE_LOG_BYTES
+        if low and not reported:
+            log.warning(
+                "action=claiming_paused free_bytes=%d log_dir=%s: below %d bytes",
+                free, self.settings.log_dir, MIN_FREE_LOG_BYTES,
+            )  # fmt: skip
+        elif reported and not low:
+            log.info("action=claiming_resumed free_bytes=%d", free)
+        return low
