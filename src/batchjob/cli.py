@@ -327,7 +327,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.ClickException as exc:
-        exc.show()
+        click.echo(f"batchjob: error: {' '.join(exc.format_message().split())}", err=True)
         sys.exit(exc.exit_code)
     except click.Abort:
         click.echo("batchjob: aborted", err=True)

@@ -148,6 +148,8 @@ class Store:
             raise self._duplicate_error(keys) from exc
 
     def get(self, job_id: int) -> Job:
+        _check_id(job_id)
+
         def read(conn: Connection) -> Job:
             row = conn.execute(select(jobs).where(jobs.c.id == job_id)).first()
             if row is None:
@@ -199,6 +201,7 @@ class Store:
 
     def cancel(self, job_id: int) -> Job:
         """Cancel a pending job at once; ask the worker of a running job to stop it."""
+        _check_id(job_id)
 
         def cancel(conn: Connection) -> Job:
             status = self._status_for_update(conn, job_id)
@@ -232,6 +235,7 @@ class Store:
 
     def retry(self, job_id: int) -> Job:
         """Put a failed or cancelled job back to pending, with one more attempt if needed."""
+        _check_id(job_id)
 
         def retry(conn: Connection) -> Job:
             status = self._status_for_update(conn, job_id)
@@ -644,6 +648,12 @@ class Store:
             return False
 
 
+def _check_id(job_id: int) -> None:
+    """An id no BIGINT column can hold is simply not found (not a database error)."""
+    if not 0 < job_id < 2**63:
+        raise JobNotFound(job_id)
+
+
 def _is_passing(exc: DBAPIError) -> bool:
     """A failure that running the transaction again may cure."""
     if exc.connection_invalidated or isinstance(exc, OperationalError):
@@ -841,10 +851,10 @@ def _job_from_row(row: Row[Any], diagnosis: Mapping[str, Any] | None = None) -> 
         unique_key=row.unique_key,
         concurrency_key=row.concurrency_key,
         max_concurrency=row.max_concurrency,
-        timeout=row.timeout,
-        stall_timeout=row.stall_timeout,
+        timeout=_seconds(row.timeout),
+        stall_timeout=_seconds(row.stall_timeout),
         stall_action=row.stall_action,
-        retry_backoff=row.retry_backoff,
+        retry_backoff=_seconds(row.retry_backoff),
         memory_limit=row.memory_limit,
         progress_message=row.progress_message,
         progress_current=row.progress_current,
@@ -866,6 +876,11 @@ def _job_from_row(row: Row[Any], diagnosis: Mapping[str, Any] | None = None) -> 
         lost_attempts=row.lost_attempts,
         diagnosis=diagnosis,
     )
+
+
+def _seconds(value: float | None) -> float | None:
+    """Durations as floats on every database (SQLite may hand back an int)."""
+    return None if value is None else float(value)
 
 
 def _event_from_row(row: Row[Any]) -> Event:
