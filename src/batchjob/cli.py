@@ -35,6 +35,7 @@ STATUS_STYLES = {
 
 # In a pipe, let rows run as wide as they need instead of wrapping at 80 columns.
 stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
+stderr = Console(stderr=True)
 
 
 class CliContext:
@@ -140,6 +141,12 @@ class _CommandAfterDashes(click.Command):
 @click.option(
     "--param", "param_items", multiple=True, metavar="K=V", help="Task parameter (repeatable)."
 )
+@click.option(
+    "--wait",
+    "wait_for_end",
+    is_flag=True,
+    help="Follow the job with a progress bar; exit 0 if it completed, 1 otherwise.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the job as JSON instead of its id.")
 @click.pass_context
 def enqueue(
@@ -149,6 +156,7 @@ def enqueue(
     env_items: Sequence[str],
     param_items: Sequence[str],
     run_at: str | None,
+    wait_for_end: bool,
     as_json: bool,
     **options: Any,
 ) -> None:
@@ -179,6 +187,9 @@ def enqueue(
         _print_json(job.to_json())
     else:
         click.echo(job.id)
+    if wait_for_end:
+        sys.stdout.flush()
+        _wait_and_exit(context, job.id)
 
 
 @cli.command(name="list")
@@ -314,6 +325,44 @@ def worker(context: CliContext, concurrency: int | None, queues: str | None, bur
     names = [name.strip() for name in queues.split(",") if name.strip()] if queues else None
     worker = Worker(context.settings, concurrency=concurrency, queues=names, burst=burst)
     sys.exit(worker.run())
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("-f", "--follow", is_flag=True, help="Keep printing until the job ends.")
+@pass_context
+def logs(context: CliContext, job_id: int, follow: bool) -> None:
+    """Print a job's log: stdout (out) and stderr (err) lines, timestamped."""
+    from batchjob.follow import print_log
+
+    print_log(context.queue, job_id, follow=follow, out=sys.stdout.buffer)
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@pass_context
+def wait(context: CliContext, job_id: int) -> None:
+    """Wait for a job to end, with a progress bar; exit 0 if it completed, 1 otherwise."""
+    _wait_and_exit(context, job_id)
+
+
+def _wait_and_exit(context: CliContext, job_id: int) -> None:
+    from batchjob.follow import wait_with_progress
+
+    job = wait_with_progress(context.queue, job_id, console=stderr)
+    stderr.print(_ending(job), highlight=False, markup=False)
+    sys.exit(0 if job.status == JobStatus.COMPLETED else EXIT_JOB_FAILED)
+
+
+def _ending(job: Job) -> str:
+    """`job 7 failed (exit_code 3): Traceback…` — how a job ended, in one or a few lines."""
+    if job.status == JobStatus.COMPLETED:
+        return f"job {job.id} completed"
+    reason = job.failure_reason.value if job.failure_reason else job.status.value
+    detail = f" {job.exit_code}" if job.exit_code is not None else ""
+    summary = f": {job.error_summary}" if job.error_summary else ""
+    hint = f"\nhint: {job.hint}" if job.hint else ""
+    return f"job {job.id} {job.status.value} ({reason}{detail}){summary}{hint}"
 
 
 def main(argv: Sequence[str] | None = None) -> None:
