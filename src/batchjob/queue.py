@@ -59,6 +59,7 @@ class Queue:
         timeout: float | str | None = None,
         stall_timeout: float | str | None = None,
         retries: int | None = None,
+        retry_backoff: float | str | None = None,
         delay: float | str | None = None,
         run_at: datetime | None = None,
         unique_key: str | None = None,
@@ -67,6 +68,8 @@ class Queue:
         env: Mapping[str, str] | None = None,
         cwd: str | None = None,
         tags: Sequence[str] | None = None,
+        stall_action: str | None = None,
+        memory_limit: int | str | None = None,
         connection: Connection | None = None,
     ) -> Job:
         """Store one job: a command (argv) or a task declared in batchjob.toml.
@@ -83,6 +86,7 @@ class Queue:
             "timeout": timeout,
             "stall_timeout": stall_timeout,
             "retries": retries,
+            "retry_backoff": retry_backoff,
             "delay": delay,
             "run_at": run_at,
             "unique_key": unique_key,
@@ -91,6 +95,8 @@ class Queue:
             "env": env,
             "cwd": cwd,
             "tags": tags,
+            "stall_action": stall_action,
+            "memory_limit": memory_limit,
         }
         return self.store.enqueue([self._resolve(request)], connection=connection)[0]
 

@@ -77,7 +77,9 @@ def build_environment(request: SpawnRequest, tmpdir: Path, progress_fd: int) -> 
             "TMPDIR": str(tmpdir),
         }
     )
-    if not any(env.get(name) for name in ("LC_ALL", "LC_CTYPE", "LANG")):
+    # Not judged by LC_CTYPE: Python itself sets LC_CTYPE=C.UTF-8 in a worker started in the
+    # C locale (PEP 538), which says nothing of the LANG other programs of the job read.
+    if not env.get("LANG") and not env.get("LC_ALL"):
         env["LANG"] = UTF8_LOCALE
     if not env.get("HOME"):
         env["HOME"] = _home_directory()

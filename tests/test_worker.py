@@ -1,0 +1,311 @@
+"""The worker as systemd runs it: a real `batchjob worker` process with a minimal environment.
+
+Each test starts workers as subprocesses with only PATH and the BATCH_JOB_* configuration
+(no PYTHONUNBUFFERED, no LANG, no HOME), sends them real signals, and reads the outcome from
+the database and the logs. Fault tests run on SQLite and PostgreSQL; the basics on all three.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+from batchjob.model import FailureReason, JobStatus
+from batchjob.queue import Queue
+
+from conftest import BATCHJOB
+
+PYTHON = sys.executable
+JOBS = Path(__file__).parent / "jobs"
+FAULT_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
+
+
+class Workers:
+    """Starts `batchjob worker` processes for one test and stops whatever is left."""
+
+    def __init__(self, database_url: str, directory: Path) -> None:
+        self.database_url = database_url
+        self.directory = directory
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def configure(self, text: str) -> None:
+        (self.directory / "batchjob.toml").write_text(text, encoding="utf-8")
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        env = {
+            "PATH": f"{Path(PYTHON).parent}:/usr/bin:/bin",
+            "BATCH_JOB_DATABASE_URL": self.database_url,
+            "BATCH_JOB_LOG_DIR": str(self.directory / "logs"),
+        }
+        process = subprocess.Popen(
+            [str(BATCHJOB), "worker", *args],
+            cwd=self.directory,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.started.append(process)
+        return process
+
+    def run_burst(self, *args: str, timeout: float = 60) -> int:
+        return self.start("--burst", *args).wait(timeout=timeout)
+
+    def worker_log(self) -> str:
+        return (self.directory / "logs" / "batch_job_worker.log").read_text(encoding="utf-8")
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def workers(database_url: str, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(database_url, tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+def wait_until(condition, timeout: float = 30, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    """Poll `condition` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def job_processes(job_id: int) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            if process.environ().get("BATCH_JOB_ID") == str(job_id) and process.status() != (
+                psutil.STATUS_ZOMBIE
+            ):
+                found.append(process)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_burst_worker_runs_jobs_and_logs_each_step(workers: Workers, queue: Queue) -> None:
+    done = queue.enqueue(["sh", "-c", "echo 第六竹石; echo warn >&2"])
+    failing = queue.enqueue(["sh", "-c", "echo 'no such row' >&2; exit 3"])
+    missing = queue.enqueue(["/no/such/program"])
+    assert workers.run_burst() == 0
+
+    completed = queue.get(done.id)
+    assert completed.status == JobStatus.COMPLETED
+    assert completed.exit_code == 0
+    log = Path(completed.log_path or "").read_text(encoding="utf-8")
+    assert " out  | 第六竹石\n" in log
+    assert " err  | warn\n" in log
+
+    failed = queue.get(failing.id)
+    assert (failed.status, failed.failure_reason, failed.exit_code) == (
+        JobStatus.FAILED,
+        FailureReason.EXIT_CODE,
+        3,
+    )
+    assert failed.error_summary == "no such row"
+
+    spawn_failed = queue.get(missing.id)
+    assert spawn_failed.failure_reason == FailureReason.SPAWN_ERROR
+    assert "No such file or directory" in (spawn_failed.error_summary or "")
+
+    worker_log = workers.worker_log()
+    for job in (done, failing, missing):
+        for action in ("claimed", "started"):
+            assert f"action={action} job_id={job.id} " in worker_log
+    assert f"action=completed job_id={done.id} duration=" in worker_log
+    assert f"action=failed job_id={failing.id} duration=" in worker_log
+    assert "reason=exit_code" in worker_log
+
+
+def test_job_sees_what_batchjob_sets_and_not_the_workers_configuration(
+    workers: Workers, queue: Queue, tmp_path: Path
+) -> None:
+    dump = tmp_path / "env.txt"
+    job = queue.enqueue(
+        [PYTHON, "-c", f"import os; open({str(dump)!r}, 'w').write(repr(dict(os.environ)))"],
+        queue="reports",
+        env={"HUBSPOT_TIMEOUT": "30"},
+    )
+    assert workers.run_burst() == 0
+    seen = eval(dump.read_text())  # noqa: S307 - our own repr of a dict of strings
+    assert seen["BATCH_JOB_ID"] == str(job.id)
+    assert seen["BATCH_JOB_ATTEMPT"] == "1"
+    assert seen["BATCH_JOB_QUEUE"] == "reports"
+    assert seen["BATCH_JOB_PROGRESS_FD"].isdigit()
+    assert seen["PYTHONUNBUFFERED"] == "1"
+    assert seen["HUBSPOT_TIMEOUT"] == "30"
+    assert seen["LANG"] == "C.UTF-8"
+    assert seen["HOME"]
+    for secret in ("BATCH_JOB_DATABASE_URL", "BATCH_JOB_LOG_DIR", "BATCH_JOB_CONFIG"):
+        assert secret not in seen
+    assert not Path(seen["TMPDIR"]).exists(), "the private TMPDIR is removed afterwards"
+
+
+def test_a_failing_job_is_retried_until_it_completes(
+    workers: Workers, queue: Queue, tmp_path: Path
+) -> None:
+    script = 'test "$BATCH_JOB_ATTEMPT" -ge 3 || { echo "attempt $BATCH_JOB_ATTEMPT" >&2; exit 1; }'
+    job = queue.enqueue(["sh", "-c", script], retries=4, retry_backoff="0.2s")
+    workers.start()
+    finished = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j)
+    assert finished.status == JobStatus.COMPLETED
+    assert finished.attempt == 3
+    assert finished.max_attempts == 5
+    assert workers.worker_log().count(f"action=retry_scheduled job_id={job.id} ") == 2
+
+
+def test_progress_reaches_the_database_and_the_last_report_lands(
+    workers: Workers, queue: Queue
+) -> None:
+    program = (
+        "from batchjob import progress\n"
+        "for i in range(1, 50001):\n"
+        "    progress(f'処理中: 第六竹石 {i}', current=i, total=50000)\n"
+    )
+    job = queue.enqueue([PYTHON, "-c", program])
+    assert workers.run_burst() == 0
+    stored = queue.get(job.id)
+    assert stored.status == JobStatus.COMPLETED
+    assert stored.progress_message == "処理中: 第六竹石 50000"
+    assert (stored.progress_current, stored.progress_total) == (50000, 50000)
+
+
+def test_cancel_stops_a_running_job_and_its_children(workers: Workers, queue: Queue) -> None:
+    job = queue.enqueue(["sh", "-c", "sleep 300 & sleep 300; wait"])
+    workers.start()
+    running = wait_until(lambda: (j := queue.get(job.id)).pid and j)
+    assert running.status == JobStatus.RUNNING
+    queue.cancel(job.id)
+    cancelled = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j, timeout=15)
+    assert cancelled.status == JobStatus.CANCELLED
+    assert cancelled.failure_reason == FailureReason.CANCELLED
+    assert job_processes(job.id) == []
+
+
+@FAULT_DATABASES
+def test_sigterm_puts_a_running_job_back_without_using_an_attempt(
+    workers: Workers, queue: Queue
+) -> None:
+    workers.configure('[worker]\nshutdown_grace = "1s"\nkill_grace = "1s"\n')
+    job = queue.enqueue(["sleep", "300"], retries=0)
+    worker = workers.start()
+    wait_until(lambda: queue.get(job.id).pid)
+    worker.send_signal(signal.SIGTERM)
+    assert worker.wait(timeout=30) == 0
+    released = queue.get(job.id)
+    assert released.status == JobStatus.PENDING
+    assert released.attempt == 0
+    assert released.failure_reason is None
+    assert "released" in [event.kind for event in queue.events(job.id)]
+    assert job_processes(job.id) == []
+
+
+@FAULT_DATABASES
+def test_sigkill_of_the_worker_takes_its_jobs_with_it_then_another_rescues(
+    workers: Workers, queue: Queue
+) -> None:
+    workers.configure('[worker]\nlease_timeout = "2s"\n')
+    script = (
+        'if [ "$BATCH_JOB_ATTEMPT" = 1 ]; then setsid sleep 300 & sleep 300; fi; echo done'
+    )
+    job = queue.enqueue(["sh", "-c", script], retries=2)
+    first = workers.start()
+    wait_until(lambda: len(job_processes(job.id)) >= 2)
+    first.kill()
+    first.wait()
+    gone_after = time.monotonic()
+    wait_until(lambda: job_processes(job.id) == [], timeout=5, interval=0.05)
+    assert time.monotonic() - gone_after < 5
+    workers.start()
+    finished = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j)
+    assert finished.status == JobStatus.COMPLETED
+    assert finished.attempt == 2
+    assert "rescued" in [event.kind for event in queue.events(job.id)]
+
+
+@FAULT_DATABASES
+def test_a_frozen_worker_cannot_write_after_its_job_was_rescued(
+    workers: Workers, queue: Queue, tmp_path: Path
+) -> None:
+    workers.configure('[worker]\nlease_timeout = "2s"\n')
+    marker = tmp_path / "attempts"
+    script = f'echo "$BATCH_JOB_ATTEMPT" >> {marker}; [ "$BATCH_JOB_ATTEMPT" = 1 ] && sleep 8; exit 0'
+    job = queue.enqueue(["sh", "-c", script], retries=2)
+    frozen = workers.start()
+    first_attempt = wait_until(lambda: queue.get(job.id).pid)
+    frozen.send_signal(signal.SIGSTOP)
+    try:
+        rescuer = workers.start()
+        finished = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j)
+        assert finished.status == JobStatus.COMPLETED
+        assert finished.attempt == 2
+        assert not psutil.pid_exists(first_attempt) or (
+            psutil.Process(first_attempt).status() == psutil.STATUS_ZOMBIE
+        ), "the rescue on this host killed the stale attempt first"
+    finally:
+        frozen.send_signal(signal.SIGCONT)
+    time.sleep(3)
+    after = queue.get(job.id)
+    assert (after.status, after.attempt, after.exit_code) == (JobStatus.COMPLETED, 2, 0)
+    assert marker.read_text().split() == ["1", "2"]
+    rescuer.send_signal(signal.SIGTERM)
+    frozen.send_signal(signal.SIGTERM)
+    assert frozen.wait(timeout=30) == 0
+
+
+def open_fds_other_than_sockets(pid: int) -> list[str]:
+    """The worker's pipes and files; sockets are left out, the pool may open more of them."""
+    targets = []
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except FileNotFoundError:
+            continue
+        if not target.startswith("socket:"):
+            targets.append(target)
+    return sorted(targets)
+
+
+def test_many_quick_jobs_leave_no_zombie_and_no_open_fd(workers: Workers, queue: Queue) -> None:
+    queue.enqueue_many([{"command": ["/bin/true"]} for _ in range(10)])
+    worker = workers.start()
+    wait_until(lambda: queue.stats().get("default", {}).get("completed") == 10)
+    process = psutil.Process(worker.pid)
+    time.sleep(1)
+    before = open_fds_other_than_sockets(worker.pid)
+    queue.enqueue_many([{"command": ["sh", "-c", "true & true"]} for _ in range(200)])
+    wait_until(lambda: queue.stats().get("default", {}).get("completed") == 210, timeout=120)
+    time.sleep(1.5)
+    assert open_fds_other_than_sockets(worker.pid) == before
+    zombies = [child for child in process.children() if child.status() == psutil.STATUS_ZOMBIE]
+    assert zombies == []
+
+
+def test_the_worker_waits_for_a_database_that_is_not_there(tmp_path: Path) -> None:
+    missing = tmp_path / "missing" / "batchjob.db"
+    pool = Workers(f"sqlite:///{missing}", tmp_path)
+    worker = pool.start()
+    try:
+        time.sleep(2)
+        assert worker.poll() is None, "the worker keeps waiting instead of crashing"
+        log = pool.worker_log()
+        assert log.count("action=database_unavailable") == 1
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
