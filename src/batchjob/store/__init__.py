@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from batchjob.errors import DuplicateJob, InvalidTransition, JobNotFound, StoreUnavailable
 from batchjob.model import Event, FailureReason, Job, JobStatus, NewJob
 from batchjob.redact import mask_url_passwords
-from batchjob.store import dialects, migrations
+from batchjob.store import dialects, migrations, wakeups
 from batchjob.store.schema import Moment, concurrency_locks, events, jobs, workers
 
 T = TypeVar("T")
@@ -140,12 +140,15 @@ class Store:
         try:
             if connection is not None:
                 with connection.begin_nested():
-                    return self._insert_jobs(connection, rows)
-            # Not retried: a commit whose answer was lost might otherwise store a job twice.
-            return self._run(lambda conn: self._insert_jobs(conn, rows), retry=False)
+                    stored = self._insert_jobs(connection, rows)
+            else:
+                # Not retried: a commit whose answer was lost might otherwise store a job twice.
+                stored = self._run(lambda conn: self._insert_jobs(conn, rows), retry=False)
         except IntegrityError as exc:
             keys = [row["unique_key"] for row in rows if row["unique_key"] is not None]
             raise self._duplicate_error(keys) from exc
+        wakeups.announce_committed(self.url)
+        return stored
 
     def get(self, job_id: int) -> Job:
         _check_id(job_id)
@@ -481,6 +484,10 @@ class Store:
             lambda conn: conn.execute(query.limit(1)).first() is not None, read_only=True
         )
 
+    def listen_for_jobs(self, wake: Callable[[], None], name: str) -> Callable[[], None] | None:
+        """Call `wake()` when jobs are enqueued; returns how to stop, or None (poll instead)."""
+        return wakeups.listen(self.url, wake, name)
+
     # ---- worker registry --------------------------------------------------------------------
 
     def register_worker(self, registration: WorkerRegistration) -> None:
@@ -519,6 +526,7 @@ class Store:
     # ---- internals ------------------------------------------------------------------------
 
     def _insert_jobs(self, conn: Connection, rows: list[dict[str, Any]]) -> list[Job]:
+        wakeups.announce_in_transaction(conn, self.url)
         statement = insert(jobs).values(
             created_at=dialects.db_now(),
             run_at=func.coalesce(

@@ -90,9 +90,12 @@ class Worker:
         )  # fmt: skip
         self._register(store)
         keeper.start()
+        stop_listening = store.listen_for_jobs(self._wake.set, self.worker_id.replace(":", "-"))
         try:
             self._loop(store, context, rescuer)
         finally:
+            if stop_listening is not None:
+                stop_listening()
             self._shut_down(keeper)
             keeper.close()
             guardian.close()
