@@ -20,7 +20,6 @@ import pytest
 
 from batchjob.model import FailureReason, JobStatus
 from batchjob.queue import Queue
-
 from conftest import BATCHJOB
 
 PYTHON = sys.executable
@@ -86,12 +85,17 @@ def wait_until(condition, timeout: float = 30, interval: float = 0.1):  # type: 
     raise AssertionError(f"condition not met within {timeout}s")
 
 
-def job_processes(job_id: int) -> list[psutil.Process]:
+def job_processes(job_id: int, worker: subprocess.Popen[bytes]) -> list[psutil.Process]:
+    """Live processes of this job started by this worker (other tests run jobs with the same id)."""
     found = []
     for process in psutil.process_iter(["pid"]):
         try:
-            if process.environ().get("BATCH_JOB_ID") == str(job_id) and process.status() != (
-                psutil.STATUS_ZOMBIE
+            env = process.environ()
+            started_by = env.get("BATCH_JOB_WORKER", "").split(":")[1:2]
+            if (
+                env.get("BATCH_JOB_ID") == str(job_id)
+                and started_by == [str(worker.pid)]
+                and process.status() != psutil.STATUS_ZOMBIE
             ):
                 found.append(process)
         except psutil.Error:
@@ -143,7 +147,7 @@ def test_job_sees_what_batchjob_sets_and_not_the_workers_configuration(
         env={"HUBSPOT_TIMEOUT": "30"},
     )
     assert workers.run_burst() == 0
-    seen = eval(dump.read_text())  # noqa: S307 - our own repr of a dict of strings
+    seen = eval(dump.read_text())
     assert seen["BATCH_JOB_ID"] == str(job.id)
     assert seen["BATCH_JOB_ATTEMPT"] == "1"
     assert seen["BATCH_JOB_QUEUE"] == "reports"
@@ -186,16 +190,29 @@ def test_progress_reaches_the_database_and_the_last_report_lands(
     assert (stored.progress_current, stored.progress_total) == (50000, 50000)
 
 
+def test_progress_from_a_posix_shell_reaches_the_database(workers: Workers, queue: Queue) -> None:
+    script = 'echo \'{"message": "第六竹石", "current": 2, "total": 5}\' >&$BATCH_JOB_PROGRESS_FD'
+    job = queue.enqueue(["/bin/sh", "-c", script])
+    assert workers.run_burst() == 0
+    stored = queue.get(job.id)
+    assert stored.status == JobStatus.COMPLETED, stored.error_summary
+    assert (stored.progress_message, stored.progress_current, stored.progress_total) == (
+        "第六竹石",
+        2,
+        5,
+    )
+
+
 def test_cancel_stops_a_running_job_and_its_children(workers: Workers, queue: Queue) -> None:
     job = queue.enqueue(["sh", "-c", "sleep 300 & sleep 300; wait"])
-    workers.start()
+    worker = workers.start()
     running = wait_until(lambda: (j := queue.get(job.id)).pid and j)
     assert running.status == JobStatus.RUNNING
     queue.cancel(job.id)
     cancelled = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j, timeout=15)
     assert cancelled.status == JobStatus.CANCELLED
     assert cancelled.failure_reason == FailureReason.CANCELLED
-    assert job_processes(job.id) == []
+    assert job_processes(job.id, worker) == []
 
 
 @FAULT_DATABASES
@@ -213,7 +230,7 @@ def test_sigterm_puts_a_running_job_back_without_using_an_attempt(
     assert released.attempt == 0
     assert released.failure_reason is None
     assert "released" in [event.kind for event in queue.events(job.id)]
-    assert job_processes(job.id) == []
+    assert job_processes(job.id, worker) == []
 
 
 @FAULT_DATABASES
@@ -221,16 +238,14 @@ def test_sigkill_of_the_worker_takes_its_jobs_with_it_then_another_rescues(
     workers: Workers, queue: Queue
 ) -> None:
     workers.configure('[worker]\nlease_timeout = "2s"\n')
-    script = (
-        'if [ "$BATCH_JOB_ATTEMPT" = 1 ]; then setsid sleep 300 & sleep 300; fi; echo done'
-    )
+    script = 'if [ "$BATCH_JOB_ATTEMPT" = 1 ]; then setsid sleep 300 & sleep 300; fi; echo done'
     job = queue.enqueue(["sh", "-c", script], retries=2)
     first = workers.start()
-    wait_until(lambda: len(job_processes(job.id)) >= 2)
+    wait_until(lambda: len(job_processes(job.id, first)) >= 2)
     first.kill()
     first.wait()
     gone_after = time.monotonic()
-    wait_until(lambda: job_processes(job.id) == [], timeout=5, interval=0.05)
+    wait_until(lambda: job_processes(job.id, first) == [], timeout=5, interval=0.05)
     assert time.monotonic() - gone_after < 5
     workers.start()
     finished = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j)
@@ -245,7 +260,8 @@ def test_a_frozen_worker_cannot_write_after_its_job_was_rescued(
 ) -> None:
     workers.configure('[worker]\nlease_timeout = "2s"\n')
     marker = tmp_path / "attempts"
-    script = f'echo "$BATCH_JOB_ATTEMPT" >> {marker}; [ "$BATCH_JOB_ATTEMPT" = 1 ] && sleep 8; exit 0'
+    script = f'echo "$BATCH_JOB_ATTEMPT" >> {marker}; [ "$BATCH_JOB_ATTEMPT" = 1 ] && sleep 8'
+    script += "; exit 0"
     job = queue.enqueue(["sh", "-c", script], retries=2)
     frozen = workers.start()
     first_attempt = wait_until(lambda: queue.get(job.id).pid)
@@ -269,15 +285,18 @@ def test_a_frozen_worker_cannot_write_after_its_job_was_rescued(
     assert frozen.wait(timeout=30) == 0
 
 
-def open_fds_other_than_sockets(pid: int) -> list[str]:
-    """The worker's pipes and files; sockets are left out, the pool may open more of them."""
+def job_related_fds(pid: int) -> list[str]:
+    """The worker's pipes and job log files: what running a job opens and must close.
+
+    Database connections are left out: the pool may open more of them as threads need them.
+    """
     targets = []
     for fd in os.listdir(f"/proc/{pid}/fd"):
         try:
             target = os.readlink(f"/proc/{pid}/fd/{fd}")
         except FileNotFoundError:
             continue
-        if not target.startswith("socket:"):
+        if target.startswith("pipe:") or "/jobs/" in target or "/batchjob-" in target:
             targets.append(target)
     return sorted(targets)
 
@@ -288,11 +307,11 @@ def test_many_quick_jobs_leave_no_zombie_and_no_open_fd(workers: Workers, queue:
     wait_until(lambda: queue.stats().get("default", {}).get("completed") == 10)
     process = psutil.Process(worker.pid)
     time.sleep(1)
-    before = open_fds_other_than_sockets(worker.pid)
+    before = job_related_fds(worker.pid)
     queue.enqueue_many([{"command": ["sh", "-c", "true & true"]} for _ in range(200)])
     wait_until(lambda: queue.stats().get("default", {}).get("completed") == 210, timeout=120)
     time.sleep(1.5)
-    assert open_fds_other_than_sockets(worker.pid) == before
+    assert job_related_fds(worker.pid) == before
     zombies = [child for child in process.children() if child.status() == psutil.STATUS_ZOMBIE]
     assert zombies == []
 

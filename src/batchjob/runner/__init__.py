@@ -24,7 +24,7 @@ from pathlib import Path
 
 from batchjob.runner import watch
 from batchjob.runner.pump import JobLog
-from batchjob.runner.spawn import SpawnRequest, spawn
+from batchjob.runner.spawn import SpawnRequest, start
 
 CHUNK_BYTES = 64 * 1024
 SAMPLE_EVERY_SECONDS = 1.0
@@ -111,7 +111,7 @@ def run(spec: JobSpec, control: RunControl) -> RunResult:
     result = RunResult()
     try:
         with watch.spawn_lock:
-            spawned = spawn(spec.spawn, spec.tmp_root)
+            spawned = start(spec.spawn, spec.tmp_root)
             watch.register_main_pid(spawned.process.pid)
     except (OSError, ValueError) as exc:
         result.spawn_error = _spawn_error(spec, exc)
@@ -155,6 +155,7 @@ class _Attempt:
         self.next_sample = self.started
         self.stderr_tail = b""
         self.progress_buffer = b""
+        self.skipping_long_line = False
         self.dropped_progress = 0
 
     def drive(self, pipes: Mapping[int, str]) -> None:
@@ -233,6 +234,11 @@ class _Attempt:
             for process in watch.job_processes(self.process.pid, self.job_id)
             if process.pid != self.process.pid
         ]
+        if leftovers and self.term_sent_at is not None:
+            # Already sent SIGTERM (or SIGKILL) with the rest of the tree: they are on their
+            # way out, not leftovers; give them what is left of their grace.
+            remaining = self.spec.kill_grace - (time.monotonic() - self.term_sent_at)
+            leftovers = watch.wait_gone(leftovers, max(remaining, 0.5))
         if not leftovers:
             return
         described = [watch.describe(process) for process in leftovers]
@@ -268,9 +274,14 @@ class _Attempt:
     def _progress(self, data: bytes) -> None:
         self.progress_buffer += data
         *lines, self.progress_buffer = self.progress_buffer.split(b"\n")
+        if self.skipping_long_line and lines:
+            lines.pop(0)  # the end of the over-long line, already counted
+            self.skipping_long_line = False
         if len(self.progress_buffer) > MAX_PROGRESS_LINE:
             self.progress_buffer = b""
-            self.dropped_progress += 1
+            if not self.skipping_long_line:
+                self.dropped_progress += 1
+                self.skipping_long_line = True
         for line in lines:
             self._progress_line(line)
 

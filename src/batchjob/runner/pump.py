@@ -1,13 +1,15 @@
 """The job's log: every byte a child writes, timestamped and stream-tagged, whatever the disk does.
 
 A record is `<UTC time> <stream><mark> | <bytes>\\n`. The mark is a space when the record
-starts a line of that stream and `+` when it continues the previous record's line (output
-without a newline is written in chunks as it arrives), so the original stream is the records'
-bytes, joined without their record newline where the next record of the stream says `+`.
+starts a line of that stream, `+` when it continues the previous record's line (output
+without a newline is written in chunks as it arrives), and `~` (with no bytes) when the
+stream ended without a final newline. So the original stream is the records' bytes, each
+record's newline dropped where the next record of the stream says `+` or `~`.
 Work is per chunk, not per line: one `replace` puts the prefix in front of every line.
 
 The log is capped at `max_log_bytes`: the head is kept in place, the tail in two rotating
 segment files, and at the end they are joined around a marker saying how much was left out.
+Both are cut only between lines, so the kept head and tail each read as unbroken records.
 A full disk ends writing with a marker (room for it is made by giving back the last block)
 and the job goes on; its output is still drained, only not kept.
 """
@@ -67,9 +69,12 @@ class JobLog:
         self.write("batchjob", message.encode("utf-8", "replace") + b"\n")
 
     def close(self) -> None:
-        """Join the kept tail to the head, with a marker of what was left out; close."""
+        """Mark unfinished last lines, join the kept tail to the head, close the file."""
         if self._file < 0:
             return
+        for stream, open_line in self._open_line.items():
+            if open_line:
+                self._store(_timestamp() + b" " + STREAM_TAGS[stream] + b"~ | \n")
         if self._tail_current >= 0:
             older = 1 - self._tail_current
             self._append(
@@ -88,24 +93,43 @@ class JobLog:
     def _store(self, record: bytes) -> None:
         if self.disk_error is not None:
             self.left_out += len(record)
-        elif self._tail_current < 0 and self._head_written + len(record) <= self._head_limit:
-            self._append(record)
-            self._head_written += len(record)
-        else:
-            self._keep_in_tail(record)
+            return
+        if self._tail_current < 0:
+            room = self._head_limit - self._head_written
+            head = record if len(record) <= room else record[: record.rfind(b"\n", 0, room) + 1]
+            if head:
+                self._append(head)
+                self._head_written += len(head)
+            record = record[len(head) :]
+            if not record:
+                return
+            self._head_written = self._head_limit  # full: from now on, everything is tail
+        self._keep_in_tail(record)
 
     def _keep_in_tail(self, record: bytes) -> None:
-        if len(record) > self._segment_limit:
-            self.left_out += len(record) - self._segment_limit
-            record = record[-self._segment_limit :]
         current = self._tail_current
-        if current < 0 or self._tail_sizes[current] + len(record) > self._segment_limit:
+        if len(record) > self._segment_limit:
+            # Larger than a segment: it supersedes everything kept so far; keep its last
+            # whole lines, so that the tail stays unbroken.
+            cut = record.find(b"\n", len(record) - self._segment_limit - 1) + 1
+            self.left_out += cut + sum(self._tail_sizes)
+            record = record[cut:]
+            self._tail_sizes = [0, 0]
+            current = 0 if current < 0 else current
+            self._tail_current = current
+            mode = "wb"
+            for index in (0, 1):
+                if index != current:
+                    self._tail_paths[index].unlink(missing_ok=True)
+        elif current < 0 or self._tail_sizes[current] + len(record) > self._segment_limit:
             current = self._tail_current = 0 if current < 0 else 1 - current
             self.left_out += self._tail_sizes[current]
             self._tail_sizes[current] = 0
             mode = "wb"
         else:
             mode = "ab"
+        if not record:
+            return
         try:
             with self._tail_paths[current].open(mode) as handle:
                 handle.write(record)

@@ -33,6 +33,19 @@ ALWAYS = {
 UTF8_LOCALE = "C.UTF-8"
 # systemd's NOTIFY_SOCKET and WATCHDOG_* belong to the worker; a job writing to them would lie.
 INHERITED_NEVER = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
+_progress_slot: int | None = None
+
+
+def reserve_progress_fd() -> int:
+    """Hold a low descriptor number for the job's progress pipe; call early in the worker.
+
+    The child receives the pipe under this number, and dash (Debian's /bin/sh) only accepts
+    `>&$BATCH_JOB_PROGRESS_FD` up to 9, so the worker claims one before it opens much else.
+    """
+    global _progress_slot  # noqa: PLW0603 - one number for the process's lifetime
+    if _progress_slot is None:
+        _progress_slot = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+    return _progress_slot
 
 
 @dataclass(frozen=True)
@@ -47,6 +60,8 @@ class SpawnRequest:
     cwd: str | None
     base_env: Mapping[str, str]
     """The worker's environment (or its env_file), before the job's own variables."""
+    worker_id: str = ""
+    """Marks the job's processes as this worker's, so that they are found by it alone."""
 
 
 @dataclass
@@ -73,6 +88,7 @@ def build_environment(request: SpawnRequest, tmpdir: Path, progress_fd: int) -> 
             "BATCH_JOB_ID": str(request.job_id),
             "BATCH_JOB_ATTEMPT": str(request.attempt),
             "BATCH_JOB_QUEUE": request.queue,
+            "BATCH_JOB_WORKER": request.worker_id,
             PROGRESS_FD_VARIABLE: str(progress_fd),
             "TMPDIR": str(tmpdir),
         }
@@ -87,20 +103,28 @@ def build_environment(request: SpawnRequest, tmpdir: Path, progress_fd: int) -> 
     return env
 
 
-def spawn(request: SpawnRequest, tmp_root: Path | None = None) -> Spawned:
-    """Start the command; raises OSError (with the job's cwd/command in it) when it cannot."""
+def start(request: SpawnRequest, tmp_root: Path | None = None) -> Spawned:
+    """Start the command; raises OSError when it cannot. Call with watch.spawn_lock held.
+
+    The progress pipe reaches the child under the reserved low number; straight after the
+    spawn that number points at /dev/null again, so the worker holds no write end and the
+    pipe ends when the job's processes close it.
+    """
     tmpdir = Path(tempfile.mkdtemp(prefix=f"batchjob-{request.job_id}-", dir=tmp_root))
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     progress_read, progress_write = os.pipe()
-    env = build_environment(request, tmpdir, progress_write)
+    slot = reserve_progress_fd()
+    os.dup2(progress_write, slot, inheritable=False)
+    os.close(progress_write)
+    env = build_environment(request, tmpdir, slot)
     try:
         process = subprocess.Popen(
             request.command,
             stdin=subprocess.DEVNULL,
             stdout=out_write,
             stderr=err_write,
-            pass_fds=(progress_write,),
+            pass_fds=(slot,),
             cwd=request.cwd,
             env=env,
             start_new_session=True,
@@ -112,8 +136,11 @@ def spawn(request: SpawnRequest, tmp_root: Path | None = None) -> Spawned:
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     finally:
-        for descriptor in (out_write, err_write, progress_write):
+        for descriptor in (out_write, err_write):
             os.close(descriptor)
+        placeholder = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+        os.dup2(placeholder, slot, inheritable=False)
+        os.close(placeholder)
     return Spawned(process, out_read, err_read, progress_read, tmpdir, env)
 
 

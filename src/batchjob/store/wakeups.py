@@ -2,14 +2,16 @@
 
 PostgreSQL: the enqueue's transaction sends NOTIFY (delivered at commit, so never for a
 rolled-back job) and each worker LISTENs on a connection of its own. SQLite: each worker
-binds a datagram socket in `<database file>.wake/`, and an enqueue sends one byte to each.
-MySQL/MariaDB have neither; their workers poll. A lost wake-up only costs latency: the
-poll still finds the job.
+binds an abstract datagram socket (no path-length limit, nothing left on disk) and leaves
+an empty file of the same name in `<database file>.wake/`; an enqueue sends one byte to
+each name it finds there. MySQL/MariaDB have neither; their workers poll. A lost wake-up
+only costs latency: the poll still finds the job.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 import socket
@@ -48,12 +50,17 @@ def listen(url: URL, wake: Callable[[], None], name: str) -> Callable[[], None] 
     if backend == "postgresql":
         target: Callable[[], None] = lambda: _listen_postgresql(url, wake, stopping)  # noqa: E731
     elif backend == "sqlite" and (directory := _socket_directory(url)) is not None:
-        directory.mkdir(exist_ok=True)
-        path = directory / f"{name}.sock"
-        receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        receiver.bind(str(path))
+        marker = directory / name
+        try:
+            directory.mkdir(exist_ok=True)
+            receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            receiver.bind(_address(directory, name))
+            marker.touch()
+        except OSError as exc:
+            log.warning("action=wakeups_unavailable error=%s: polling instead", exc)
+            return None
         receiver.settimeout(1.0)
-        target = lambda: _listen_socket(receiver, path, wake, stopping)  # noqa: E731
+        target = lambda: _listen_socket(receiver, marker, wake, stopping)  # noqa: E731
     else:
         return None
     threading.Thread(target=target, name="wakeups", daemon=True).start()
@@ -67,6 +74,12 @@ def _socket_directory(url: URL) -> Path | None:
     return Path(database).absolute().with_name(Path(database).name + ".wake")
 
 
+def _address(directory: Path, name: str) -> bytes:
+    """An abstract socket name (leading NUL) for this database's worker `name`."""
+    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
+    return f"\0batchjob-{digest}-{name}".encode()
+
+
 def _poke_sockets(directory: Path) -> None:
     try:
         names = os.listdir(directory)
@@ -75,12 +88,11 @@ def _poke_sockets(directory: Path) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
         sender.setblocking(False)
         for name in names:
-            path = directory / name
             try:
-                sender.sendto(b"1", str(path))
+                sender.sendto(b"1", _address(directory, name))
             except (ConnectionRefusedError, FileNotFoundError):
                 with contextlib.suppress(OSError):
-                    path.unlink()  # a worker that died without cleaning up
+                    (directory / name).unlink()  # a worker that died without cleaning up
             except OSError:
                 continue  # its buffer is full: it has been woken already
 

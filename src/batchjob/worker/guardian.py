@@ -4,8 +4,9 @@ At start-up, before any thread or connection exists, the worker forks a small gu
 holds the read end of a pipe. The worker tells it which jobs run (`+<job_id> <pid>`) and
 which ended (`-<job_id>`). When the worker dies — SIGKILL, the OOM killer, a crash — the
 kernel closes the pipe, the guardian reads EOF and kills every process of the jobs still
-listed: those in the job's session and those carrying its BATCH_JOB_ID (a double-forked
-daemon included). A clean exit closes the pipe too, with no job listed.
+listed: those in the job's session and those carrying its BATCH_JOB_ID with this worker's
+BATCH_JOB_WORKER (a double-forked daemon included; another worker's jobs never). A clean
+exit closes the pipe too, with no job listed.
 """
 
 from __future__ import annotations
@@ -21,12 +22,12 @@ import psutil
 class Guardian:
     """The worker's end of the pipe to its guardian process."""
 
-    def __init__(self) -> None:
+    def __init__(self, worker_id: str) -> None:
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the guardian
             os.close(write_end)
-            _guard(read_end)
+            _guard(read_end, worker_id)
             os._exit(0)
         os.close(read_end)
         os.set_inheritable(write_end, False)
@@ -55,7 +56,7 @@ class Guardian:
                 os.write(self._pipe, line.encode())
 
 
-def _guard(read_end: int) -> None:
+def _guard(read_end: int, worker_id: str) -> None:
     """The guardian's whole life: follow the list of running jobs until the pipe closes."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)  # a Ctrl-C or `systemctl stop` is for the worker
@@ -78,10 +79,10 @@ def _guard(read_end: int) -> None:
             elif text.startswith("-"):
                 running.pop(text[1:], None)
     if running:
-        _kill_jobs(running)
+        _kill_jobs(running, worker_id)
 
 
-def _kill_jobs(running: dict[str, int]) -> None:
+def _kill_jobs(running: dict[str, int], worker_id: str) -> None:
     sessions = set(running.values())
     job_ids = set(running)
     me = os.getpid()
@@ -89,9 +90,11 @@ def _kill_jobs(running: dict[str, int]) -> None:
         if process.pid == me:
             continue
         try:
-            if os.getsid(process.pid) in sessions or (
-                process.environ().get("BATCH_JOB_ID") in job_ids
-            ):
+            if os.getsid(process.pid) in sessions:
+                process.kill()
+                continue
+            env = process.environ()
+            if env.get("BATCH_JOB_WORKER") == worker_id and env.get("BATCH_JOB_ID") in job_ids:
                 process.kill()
         except (psutil.Error, OSError):
             continue

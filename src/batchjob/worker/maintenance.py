@@ -14,7 +14,33 @@ from batchjob.store import Store
 log = logging.getLogger("batchjob.worker")
 
 
-class Rescuer:
+class PeriodicService:
+    """A maintenance task the worker's loop runs every `interval` seconds."""
+
+    interval: float = 10.0
+    _next_run: float = 0.0
+
+    def run_if_due(self, now: float) -> None:
+        if now >= self._next_run:
+            self._next_run = now + self.interval
+            self.run_once()
+
+    def run_once(self) -> object:
+        raise NotImplementedError
+
+
+class WorkerHeartbeat(PeriodicService):
+    """Keep `batch_job_workers.last_seen` current, for `doctor` and operators."""
+
+    def __init__(self, store: Store, worker_id: str) -> None:
+        self.store = store
+        self.worker_id = worker_id
+
+    def run_once(self) -> None:
+        self.store.worker_seen(self.worker_id)
+
+
+class Rescuer(PeriodicService):
     """Rescue jobs whose lease expired (by the database clock), faster than any lease.
 
     A rescued attempt that ran on this host is killed first — every process carrying its
@@ -26,13 +52,6 @@ class Rescuer:
         self.host = host
         self.interval = max(min(lease_timeout / 4, 5.0), 0.2)
         self.max_lost_attempts = max_lost_attempts
-        self._next_run = 0.0
-
-    def run_if_due(self, now: float) -> list[Job]:
-        if now < self._next_run:
-            return []
-        self._next_run = now + self.interval
-        return self.run_once()
 
     def run_once(self) -> list[Job]:
         rescued = self.store.rescue_expired(self.max_lost_attempts)
@@ -47,22 +66,58 @@ class Rescuer:
 
     @staticmethod
     def _kill_stale_attempt(job: Job) -> int:
-        marker = str(job.id)
-        killed = 0
-        for process in psutil.process_iter(["pid"]):
-            try:
-                if process.environ().get("BATCH_JOB_ID") == marker or (
-                    job.pid is not None
-                    and process.pid == job.pid
-                    and process.environ().get("BATCH_JOB_ID") == marker
-                ):
-                    process.send_signal(signal.SIGKILL)
-                    killed += 1
-            except psutil.Error:
-                continue
-        if killed:
+        stale = [
+            process
+            for process, env in _job_processes()
+            if env.get("BATCH_JOB_ID") == str(job.id)
+            and env.get("BATCH_JOB_WORKER") == job.worker_id
+        ]
+        watch.signal_all(stale, signal.SIGKILL)
+        if stale:
             watch.reap_adopted()
-        return killed
+        return len(stale)
+
+
+def sweep_stale_processes(host: str) -> list[str]:
+    """At start-up: kill job processes whose worker on this host is gone.
+
+    The guardian normally ends them with their worker; this catches what it could not
+    (the guardian killed too, say by an OOM kill of the whole unit). A process is judged by
+    the BATCH_JOB_WORKER it carries, so another installation's jobs are never touched.
+    """
+    stale = []
+    for process, env in _job_processes():
+        worker_id = env.get("BATCH_JOB_WORKER", "")
+        if _host_of(worker_id) != host or _worker_alive(worker_id, process):
+            continue
+        stale.append(process)
+    watch.signal_all(stale, signal.SIGKILL)
+    return [watch.describe(process) for process in stale]
+
+
+def _job_processes() -> list[tuple[psutil.Process, dict[str, str]]]:
+    """Every process we may inspect that carries a BATCH_JOB_ID, with its environment."""
+    found = []
+    for process in psutil.process_iter(["pid"]):
+        try:
+            env = process.environ()
+        except psutil.Error:
+            continue
+        if "BATCH_JOB_ID" in env:
+            found.append((process, env))
+    return found
+
+
+def _worker_alive(worker_id: str, job_process: psutil.Process) -> bool:
+    """Whether the worker that started `job_process` still runs (not a reused pid)."""
+    parts = worker_id.split(":")
+    if len(parts) != 3 or not parts[1].isdigit():
+        return True  # not ours to judge
+    try:
+        worker = psutil.Process(int(parts[1]))
+        return bool(worker.create_time() <= job_process.create_time())
+    except psutil.Error:
+        return False
 
 
 def _host_of(worker_id: str | None) -> str | None:

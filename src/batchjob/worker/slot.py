@@ -64,6 +64,7 @@ def execute(claimed: ClaimedJob, context: SlotContext) -> None:
             env=job.env,
             cwd=job.cwd,
             base_env=context.base_env,
+            worker_id=context.worker_id,
         ),
         log_path=log_path,
         max_log_bytes=settings.worker.max_log_bytes,

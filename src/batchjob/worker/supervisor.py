@@ -25,11 +25,16 @@ from batchjob import __version__
 from batchjob.config import Settings
 from batchjob.errors import StoreUnavailable
 from batchjob.runner import StopReason, watch
-from batchjob.runner.spawn import read_env_file
+from batchjob.runner.spawn import read_env_file, reserve_progress_fd
 from batchjob.store import ClaimedJob, Store, WorkerRegistration
 from batchjob.worker.guardian import Guardian
 from batchjob.worker.leases import LeaseKeeper
-from batchjob.worker.maintenance import Rescuer
+from batchjob.worker.maintenance import (
+    PeriodicService,
+    Rescuer,
+    WorkerHeartbeat,
+    sweep_stale_processes,
+)
 from batchjob.worker.slot import SlotContext, execute
 
 WORKER_LOG_NAME = "batch_job_worker.log"
@@ -65,8 +70,9 @@ class Worker:
 
     def run(self) -> int:
         """Work until stopped (or, with burst, until nothing is due); returns the exit code."""
+        reserve_progress_fd()  # before anything else takes the low descriptor numbers
         self._open_log()
-        guardian = Guardian()  # first: before any thread or database connection exists
+        guardian = Guardian(self.worker_id)  # first: before any thread or connection exists
         subreaper = watch.become_subreaper()
         store = Store(self.settings.database_url)
         worker = self.settings.worker
@@ -80,7 +86,10 @@ class Worker:
             base_env=self._base_environment(),
             shutting_down=self._stopping,
         )
-        rescuer = Rescuer(store, self.host, worker.lease_timeout, worker.max_lost_attempts)
+        services = (
+            Rescuer(store, self.host, worker.lease_timeout, worker.max_lost_attempts),
+            WorkerHeartbeat(store, self.worker_id),
+        )
         self._install_signal_handlers()
         log.info(
             "action=worker_started worker_id=%s pid=%d version=%s concurrency=%d queues=%s "
@@ -89,10 +98,12 @@ class Worker:
             ",".join(self.queues) if self.queues else "*", store.display_url, subreaper,
         )  # fmt: skip
         self._register(store)
+        for leftover in sweep_stale_processes(self.host):
+            log.warning("action=stale_process_killed %s: its job is no longer held here", leftover)
         keeper.start()
         stop_listening = store.listen_for_jobs(self._wake.set, self.worker_id.replace(":", "-"))
         try:
-            self._loop(store, context, rescuer)
+            self._loop(store, context, services)
         finally:
             if stop_listening is not None:
                 stop_listening()
@@ -105,14 +116,17 @@ class Worker:
             log.info("action=worker_stopped worker_id=%s", self.worker_id)
         return 0
 
-    def _loop(self, store: Store, context: SlotContext, rescuer: Rescuer) -> None:
+    def _loop(
+        self, store: Store, context: SlotContext, services: Sequence[PeriodicService]
+    ) -> None:
         database_failures = 0
         low_space_reported = False
         while not self._stopping.is_set():
             self._collect_finished()
             watch.reap_adopted()
             try:
-                rescuer.run_if_due(time.monotonic())
+                for service in services:
+                    service.run_if_due(time.monotonic())
                 free = self.concurrency - len(self._slots)
                 if free > 0 and not (low_space_reported := self._log_space_low(low_space_reported)):
                     for claimed in store.claim(
