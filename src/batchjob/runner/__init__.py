@@ -28,6 +28,7 @@ from batchjob.runner.spawn import SpawnRequest, start
 
 CHUNK_BYTES = 64 * 1024
 SAMPLE_EVERY_SECONDS = 1.0
+FIRST_SAMPLE_SECONDS = 0.2  # a job that ends sooner costs no walk of its tree
 STDERR_TAIL_BYTES = 8 * 1024
 STDERR_TAIL_LINES = 10
 MAX_PROGRESS_LINE = 64 * 1024
@@ -126,7 +127,7 @@ def run(spec: JobSpec, control: RunControl) -> RunResult:
         )
     finally:
         watch.forget_main_pid(spawned.process.pid)
-        shutil.rmtree(spawned.tmpdir, ignore_errors=True)
+        _remove_tmpdir(spawned.tmpdir)
         result.duration = time.monotonic() - started
         result.log_error = log.disk_error
         log.close()
@@ -152,7 +153,7 @@ class _Attempt:
         self.exited_at: float | None = None
         self.term_sent_at: float | None = None
         self.killed = False
-        self.next_sample = self.started
+        self.next_sample = self.started + FIRST_SAMPLE_SECONDS
         self.stderr_tail = b""
         self.progress_buffer = b""
         self.skipping_long_line = False
@@ -308,6 +309,13 @@ class _Attempt:
                 self.log.note(f"[batchjob: ignored a progress line that is not valid: {shown}]")
             return
         self.control.on_progress(message, current, total)
+
+
+def _remove_tmpdir(tmpdir: Path) -> None:
+    try:
+        tmpdir.rmdir()  # the usual case, and cheap: the job left nothing behind
+    except OSError:
+        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def _spawn_error(spec: JobSpec, exc: Exception) -> str:

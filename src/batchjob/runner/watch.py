@@ -1,8 +1,10 @@
 """The job's process tree: find it, measure it, end it.
 
 The worker is a child subreaper, so every descendant of a job — even a double-forked daemon
-that called setsid — stays below the worker. A process belongs to job J when it is in J's
-session or carries J's BATCH_JOB_ID in its environment.
+whose parent exited — stays below the worker. A process belongs to job J when it descends
+from J's main process, or when the worker adopted it and it is in J's session or carries
+J's BATCH_JOB_ID. The tree is walked through /proc/<pid>/task/*/children, so its cost
+follows the size of the worker's tree, not the number of processes on the host.
 """
 
 from __future__ import annotations
@@ -48,35 +50,79 @@ def reap_adopted() -> int:
     """Collect the exit status of orphans the worker adopted; returns how many were reaped."""
     reaped = 0
     with spawn_lock:
-        for child in psutil.Process().children():
-            if child.pid in _main_pids:
+        for pid in children(os.getpid()):
+            if pid in _main_pids:
                 continue
             try:
-                pid, _status = os.waitpid(child.pid, os.WNOHANG)
+                done, _status = os.waitpid(pid, os.WNOHANG)
             except ChildProcessError:
                 continue
-            reaped += pid != 0
+            reaped += done != 0
     return reaped
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid` (every thread's), without scanning all of /proc."""
+    found: list[int] = []
+    try:
+        threads = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return found
+    for thread in threads:
+        try:
+            with open(f"/proc/{pid}/task/{thread}/children", "rb") as listing:
+                found.extend(int(child) for child in listing.read().split())
+        except FileNotFoundError:
+            continue
+        except OSError:  # a kernel without CONFIG_PROC_CHILDREN: ask psutil (a full scan)
+            try:
+                return [child.pid for child in psutil.Process(pid).children()]
+            except psutil.Error:
+                return []
+    return found
+
+
+def descendants(pid: int) -> list[int]:
+    found, pending = [], children(pid)
+    while pending:
+        child = pending.pop()
+        found.append(child)
+        pending.extend(children(child))
+    return found
 
 
 def job_processes(root_pid: int, job_id: int) -> list[psutil.Process]:
     """The live processes of the job whose main process is (or was) `root_pid`."""
+    members = [root_pid, *descendants(root_pid)]
     marker = str(job_id)
-    found: list[psutil.Process] = []
-    try:
-        descendants = psutil.Process().children(recursive=True)
-    except psutil.Error:
-        return found
-    for process in descendants:
-        try:
-            if process.status() == psutil.STATUS_ZOMBIE:
-                continue
-            in_session = os.getsid(process.pid) == root_pid
-            if in_session or process.environ().get("BATCH_JOB_ID") == marker:
-                found.append(process)
-        except (psutil.Error, ProcessLookupError, PermissionError):
+    for adopted in children(os.getpid()):
+        if adopted in _main_pids or adopted in members:
             continue
+        try:
+            if os.getsid(adopted) == root_pid or (
+                psutil.Process(adopted).environ().get("BATCH_JOB_ID") == marker
+            ):
+                members.extend([adopted, *descendants(adopted)])
+        except (psutil.Error, OSError):
+            continue
+    found = []
+    for pid in members:
+        if _running(pid):
+            try:
+                found.append(psutil.Process(pid))
+            except psutil.Error:
+                continue
     return found
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie, read from /proc/<pid>/stat without building a psutil object."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as stat:
+            state = stat.read().rsplit(b")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state not in (b"Z", b"X")
 
 
 @dataclass

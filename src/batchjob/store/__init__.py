@@ -83,6 +83,8 @@ class Outcome:
     """With status PENDING: seconds until the next attempt is due."""
     progress: tuple[str | None, int | None, int | None] | None = None
     """The last progress report not yet stored, written with the outcome."""
+    evidence: Mapping[str, Any] | None = None
+    """The attempt's recorded context (masked env, peaks, leftovers): an `attempt` event."""
 
 
 @dataclass(frozen=True)
@@ -362,7 +364,18 @@ class Store:
             values.update(_finished_values())
         else:
             raise ValueError(f"an attempt cannot finish as {outcome.status}")
-        return self._fenced_update(lease, values)
+        statement = _fenced(lease).values(**values)
+
+        def finish(conn: Connection) -> bool:
+            if conn.execute(statement).rowcount != 1:
+                return False
+            if outcome.evidence is not None:
+                _record_event(
+                    conn, lease.job_id, "attempt", "the attempt ended", data=outcome.evidence
+                )
+            return True
+
+        return self._run(finish)
 
     def rescue_expired(self, max_lost_attempts: int = 3) -> list[Job]:
         """Running jobs whose lease expired by the database clock: retry or fail them.
@@ -441,13 +454,7 @@ class Store:
 
         def release(conn: Connection) -> bool:
             changed = conn.execute(
-                update(jobs)
-                .where(
-                    jobs.c.id == lease.job_id,
-                    jobs.c.lease_token == lease.token,
-                    jobs.c.status == RUNNING,
-                )
-                .values(
+                _fenced(lease).values(
                     status=PENDING,
                     attempt=jobs.c.attempt - 1,
                     run_at=dialects.db_now(),
@@ -560,15 +567,7 @@ class Store:
         return DuplicateJob(keys[0], None)
 
     def _fenced_update(self, lease: Lease, values: dict[str, Any]) -> bool:
-        statement = (
-            update(jobs)
-            .where(
-                jobs.c.id == lease.job_id,
-                jobs.c.lease_token == lease.token,
-                jobs.c.status == RUNNING,
-            )
-            .values(**values)
-        )
+        statement = _fenced(lease).values(**values)
         return self._run(lambda conn: conn.execute(statement).rowcount == 1)
 
     def _status_for_update(self, conn: Connection, job_id: int) -> str:
@@ -654,6 +653,13 @@ class Store:
                 return bool(inspect(conn).has_table(jobs.name))
         except DBAPIError:
             return False
+
+
+def _fenced(lease: Lease) -> Any:
+    """UPDATE of the job that succeeds only while this attempt still holds its lease."""
+    return update(jobs).where(
+        jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == RUNNING
+    )
 
 
 def _check_id(job_id: int) -> None:

@@ -40,6 +40,15 @@ class WorkerHeartbeat(PeriodicService):
         self.store.worker_seen(self.worker_id)
 
 
+class OrphanReaper(PeriodicService):
+    """Collect the exit status of orphans the worker adopted as a subreaper (no zombies)."""
+
+    interval = 1.0
+
+    def run_once(self) -> int:
+        return watch.reap_adopted()
+
+
 class Rescuer(PeriodicService):
     """Rescue jobs whose lease expired (by the database clock), faster than any lease.
 

@@ -136,6 +136,7 @@ def _record(claimed: ClaimedJob, result: RunResult, tracked: Tracked, context: S
         progress=tracked.unstored_progress(),
         peak_rss_bytes=result.peak_rss_bytes,
         peak_open_fds=result.peak_open_fds,
+        evidence=_evidence(claimed, result),
     )
     if delay is not None:
         log.info(
@@ -146,14 +147,13 @@ def _record(claimed: ClaimedJob, result: RunResult, tracked: Tracked, context: S
         log.info("action=%s job_id=%d %s reason=%s", status, job.id, ended, verdict.failure_reason)
     if not _write(context, lambda: context.store.finish(lease, outcome)):
         log.warning("action=result_not_recorded job_id=%d: the lease was lost meanwhile", job.id)
-    _record_context(context, claimed, result)
 
 
-def _record_context(context: SlotContext, claimed: ClaimedJob, result: RunResult) -> None:
+def _evidence(claimed: ClaimedJob, result: RunResult) -> dict[str, object] | None:
     """The attempt's execution context, secrets masked: the evidence for env-diff."""
     if not result.env:
-        return
-    data = {
+        return None
+    return {
         "pid": result.pid,
         "cwd": claimed.job.cwd or os.getcwd(),
         "environment": mask_environment(result.env),
@@ -163,10 +163,6 @@ def _record_context(context: SlotContext, claimed: ClaimedJob, result: RunResult
         "leftovers": result.leftovers,
         "log_error": result.log_error,
     }
-    _write(context, lambda: context.store.record_event(
-        claimed.job.id, "attempt", f"attempt {claimed.job.attempt} ended", data=data,
-        worker_id=context.worker_id,
-    ))  # fmt: skip
 
 
 def _write(context: SlotContext, write: Callable[[], T]) -> T | None:

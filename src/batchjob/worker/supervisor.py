@@ -30,6 +30,7 @@ from batchjob.store import ClaimedJob, Store, WorkerRegistration
 from batchjob.worker.guardian import Guardian
 from batchjob.worker.leases import LeaseKeeper
 from batchjob.worker.maintenance import (
+    OrphanReaper,
     PeriodicService,
     Rescuer,
     WorkerHeartbeat,
@@ -89,6 +90,7 @@ class Worker:
         services = (
             Rescuer(store, self.host, worker.lease_timeout, worker.max_lost_attempts),
             WorkerHeartbeat(store, self.worker_id),
+            OrphanReaper(),
         )
         self._install_signal_handlers()
         log.info(
@@ -123,7 +125,6 @@ class Worker:
         low_space_reported = False
         while not self._stopping.is_set():
             self._collect_finished()
-            watch.reap_adopted()
             try:
                 for service in services:
                     service.run_if_due(time.monotonic())
