@@ -360,3 +360,26 @@ def test_run_at_in_the_future_is_not_due(store: Store) -> None:
     (job,) = store.enqueue([NewJob(command=["x"], run_at=future)])
     assert abs(store.get(job.id).run_at - future) < timedelta(milliseconds=2)
     assert store.claim("w", None, 5, 30) == []
+
+
+def test_a_job_that_keeps_losing_its_worker_fails_as_a_poison_pill(store: Store) -> None:
+    (job,) = store.enqueue([NewJob(command=["crash-the-worker"], max_attempts=10)])
+    for _ in range(3):
+        assert store.claim("w", None, 1, lease_timeout=0.1)
+        time.sleep(0.3)
+        store.rescue_expired(max_lost_attempts=3)
+    failed = store.get(job.id)
+    assert failed.status == JobStatus.FAILED
+    assert failed.failure_reason == FailureReason.WORKER_LOST
+    assert (failed.attempt, failed.lost_attempts) == (3, 3)
+    assert "poison pill" in (failed.error_summary or "")
+
+
+def test_release_puts_a_job_back_without_using_an_attempt(store: Store) -> None:
+    (job,) = store.enqueue([NewJob(command=["x"])])
+    (claimed,) = store.claim("w", None, 1, 30)
+    assert store.release(claimed.lease, "worker shutting down")
+    released = store.get(job.id)
+    assert (released.status, released.attempt) == (JobStatus.PENDING, 0)
+    assert store.release(claimed.lease, "again") is False
+    assert store.claim("w", None, 1, 30)[0].job.attempt == 1

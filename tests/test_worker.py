@@ -20,7 +20,7 @@ import pytest
 
 from batchjob.model import FailureReason, JobStatus
 from batchjob.queue import Queue
-from conftest import BATCHJOB
+from conftest import BATCHJOB, run_cli
 
 PYTHON = sys.executable
 JOBS = Path(__file__).parent / "jobs"
@@ -58,7 +58,8 @@ class Workers:
         return self.start("--burst", *args).wait(timeout=timeout)
 
     def worker_log(self) -> str:
-        return (self.directory / "logs" / "batch_job_worker.log").read_text(encoding="utf-8")
+        path = self.directory / "logs" / "batch_job_worker.log"
+        return path.read_text(encoding="utf-8") if path.exists() else ""
 
     def stop_all(self) -> None:
         for process in self.started:
@@ -328,3 +329,83 @@ def test_the_worker_waits_for_a_database_that_is_not_there(tmp_path: Path) -> No
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
+
+
+def test_enqueue_wait_exits_with_the_jobs_outcome(workers: Workers, tmp_path: Path) -> None:
+    workers.start()
+    env = {"BATCH_JOB_DATABASE_URL": workers.database_url}
+    program = (
+        "from batchjob import progress\n"
+        "for i in range(1, 4): progress(f'第六竹石 {i}', current=i, total=3)\n"
+    )
+    done = run_cli("enqueue", "--wait", "--", PYTHON, "-c", program, cwd=tmp_path, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip().isdigit(), "stdout keeps only the id"
+    assert f"job {done.stdout.strip()} completed" in done.stderr
+    failed = run_cli("enqueue", "--wait", "--", "sh", "-c", "echo 'no such table' >&2; exit 2",
+                     cwd=tmp_path, env=env)  # fmt: skip
+    assert failed.returncode == 1
+    assert "failed (exit_code 2): no such table" in failed.stderr
+    again = run_cli("wait", failed.stdout.strip(), cwd=tmp_path, env=env)
+    assert again.returncode == 1
+
+
+def test_logs_follow_prints_until_the_job_ends(
+    workers: Workers, queue: Queue, tmp_path: Path
+) -> None:
+    job = queue.enqueue(["sh", "-c", "for i in 1 2 3 4 5; do echo 第六竹石 $i; sleep 0.3; done"])
+    env = {"BATCH_JOB_DATABASE_URL": workers.database_url}
+    follower = subprocess.Popen(
+        [str(BATCHJOB), "logs", "-f", str(job.id)],
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin", **env},
+        stdout=subprocess.PIPE,
+    )
+    workers.start()
+    output, _ = follower.communicate(timeout=60)
+    assert follower.returncode == 0
+    lines = output.decode().splitlines()
+    assert [line.split(" | ", 1)[1] for line in lines if " out  | " in line] == [
+        f"第六竹石 {n}" for n in range(1, 6)
+    ]
+    assert queue.get(job.id).status == JobStatus.COMPLETED
+
+
+def test_sighup_reopens_the_worker_log(workers: Workers, queue: Queue) -> None:
+    worker = workers.start()
+    log = workers.directory / "logs" / "batch_job_worker.log"
+    wait_until(lambda: log.exists() and "action=worker_started" in log.read_text())
+    log.rename(log.with_suffix(".log.1"))
+    worker.send_signal(signal.SIGHUP)
+    wait_until(log.exists)
+    job = queue.enqueue(["true"])
+    wait_until(lambda: f"action=completed job_id={job.id} " in log.read_text())
+    assert "action=log_reopened" in log.read_text()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_claiming_pauses_while_the_log_disk_is_nearly_full(
+    workers: Workers, queue: Queue, tmp_path: Path
+) -> None:
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(logs)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
+    try:
+        job = queue.enqueue(["true"])
+        worker = workers.start()
+        wait_until(lambda: "action=claiming_paused" in workers.worker_log())
+        assert queue.get(job.id).status == JobStatus.PENDING
+        subprocess.run(["mount", "-o", "remount,size=64m", str(logs)], check=True)
+        wait_until(lambda: queue.get(job.id).status == JobStatus.COMPLETED)
+        assert "action=claiming_resumed" in workers.worker_log()
+        worker.send_signal(signal.SIGTERM)
+        worker.wait(timeout=30)
+    finally:
+        workers.stop_all()
+        subprocess.run(["umount", "-l", str(logs)], check=False)
