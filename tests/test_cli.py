@@ -72,7 +72,7 @@ JOB_FIELDS = {
     "diagnosis",
 }
 # The commands this CLI has today (SPEC §7 lists more: worker, logs, wait, purge, ...).
-COMMANDS = ("init", "enqueue", "list", "show", "cancel", "retry", "stats")
+COMMANDS = ("init", "enqueue", "list", "show", "cancel", "retry", "stats", "worker", "logs", "wait")
 # The seed's queries (SPEC §2), run exactly as an operator would paste them.
 RUNNING_QUERY = "SELECT * FROM batch_job_queue WHERE status = 'running' ORDER BY started_at DESC;"
 FAILED_QUERY = (

@@ -17,10 +17,12 @@ from pathlib import Path
 
 import psutil
 import pytest
+from sqlalchemy import make_url
 
 from batchjob.model import FailureReason, JobStatus
 from batchjob.queue import Queue
 from conftest import BATCHJOB, run_cli
+from tcp_proxy import TcpProxy
 
 PYTHON = sys.executable
 JOBS = Path(__file__).parent / "jobs"
@@ -409,3 +411,28 @@ def test_claiming_pauses_while_the_log_disk_is_nearly_full(
     finally:
         workers.stop_all()
         subprocess.run(["umount", "-l", str(logs)], check=False)
+
+
+@pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
+def test_a_job_that_ends_while_the_database_is_away_is_recorded_when_it_is_back(
+    workers: Workers, queue: Queue, database_url: str
+) -> None:
+    url = make_url(database_url)
+    proxy = TcpProxy(url.port or 5432)
+    try:
+        workers.database_url = url.set(port=proxy.port).render_as_string(hide_password=False)
+        job = queue.enqueue(["sh", "-c", "sleep 2; echo finished"])
+        worker = workers.start()
+        wait_until(lambda: queue.get(job.id).pid)
+        proxy.cut()
+        time.sleep(5)  # the job ends while the database cannot be reached
+        assert worker.poll() is None, "the worker waits the outage out"
+        assert queue.get(job.id).status == JobStatus.RUNNING
+        proxy.restore()
+        finished = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j)
+        assert (finished.status, finished.exit_code) == (JobStatus.COMPLETED, 0)
+        log = workers.worker_log()
+        assert log.count("action=database_unavailable") == 1, "an outage is said once"
+        assert log.count("action=database_back") == 1
+    finally:
+        proxy.close()

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from batchjob.errors import StoreUnavailable
 from batchjob.runner import RunControl, StopReason
 from batchjob.store import Lease, Store
+from batchjob.worker.outage import Outage
 
 TICK_SECONDS = 0.5
 log = logging.getLogger("batchjob.worker")
@@ -49,15 +50,14 @@ class Tracked:
 
 
 class LeaseKeeper(threading.Thread):
-    def __init__(self, store: Store, lease_timeout: float, worker_id: str) -> None:
+    def __init__(self, store: Store, lease_timeout: float, outage: Outage) -> None:
         super().__init__(name="lease-keeper", daemon=True)
         self.store = store
         self.lease_timeout = lease_timeout
-        self.worker_id = worker_id
+        self.outage = outage
         self._jobs: dict[int, Tracked] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._database_down_since: float | None = None
 
     def track(self, lease: Lease, control: RunControl) -> Tracked:
         tracked = Tracked(lease, control, renewed_at=time.monotonic())
@@ -85,15 +85,13 @@ class LeaseKeeper(threading.Thread):
     def tick(self, now: float) -> None:
         with self._lock:
             tracked = list(self._jobs.values())
+        if not tracked:
+            return
         try:
             self._tick(tracked, now)
-            if self._database_down_since is not None:
-                log.info("action=database_back down_for=%.1fs", now - self._database_down_since)
-                self._database_down_since = None
+            self.outage.succeeded()
         except StoreUnavailable as exc:
-            if self._database_down_since is None:
-                self._database_down_since = now
-                log.warning("action=database_unavailable error=%s", exc)
+            self.outage.failed(exc)
             self._fence(tracked, now)
 
     def _tick(self, tracked: list[Tracked], now: float) -> None:

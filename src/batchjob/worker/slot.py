@@ -26,6 +26,7 @@ from batchjob.runner.spawn import SpawnRequest
 from batchjob.store import ClaimedJob, Outcome, Store
 from batchjob.worker.guardian import Guardian
 from batchjob.worker.leases import LeaseKeeper, Tracked
+from batchjob.worker.outage import Outage
 
 DEFAULT_RETRY_BACKOFF = 30.0
 WRITE_RETRY_SECONDS = (0.5, 1, 2, 5, 10, 30)
@@ -44,6 +45,7 @@ class SlotContext:
     worker_id: str
     base_env: Mapping[str, str]
     shutting_down: threading.Event
+    outage: Outage
 
 
 def execute(claimed: ClaimedJob, context: SlotContext) -> None:
@@ -90,7 +92,7 @@ def _started(context: SlotContext, tracked: Tracked, job_id: int, pid: int, log_
     try:
         context.store.mark_started(tracked.lease, pid, log_path)
     except StoreUnavailable as exc:
-        log.warning("action=start_not_recorded job_id=%d pid=%d error=%s", job_id, pid, exc)
+        context.outage.failed(exc)  # the lease keeper writes the pid with the next renewal
 
 
 def _record(claimed: ClaimedJob, result: RunResult, tracked: Tracked, context: SlotContext) -> None:
@@ -170,15 +172,13 @@ def _write(context: SlotContext, write: Callable[[], T]) -> T | None:
     attempt = 0
     while True:
         try:
-            return write()
+            written = write()
+            context.outage.succeeded()
+            return written
         except StoreUnavailable as exc:
+            context.outage.failed(exc)
             if context.shutting_down.is_set() and attempt >= len(WRITE_RETRY_SECONDS):
                 log.error("action=write_abandoned error=%s: the worker is shutting down", exc)
                 return None
-            pause = WRITE_RETRY_SECONDS[min(attempt, len(WRITE_RETRY_SECONDS) - 1)]
-            if attempt == 0:
-                log.warning(
-                    "action=write_delayed error=%s: retrying until the database is back", exc
-                )
+            time.sleep(WRITE_RETRY_SECONDS[min(attempt, len(WRITE_RETRY_SECONDS) - 1)])
             attempt += 1
-            time.sleep(pause)

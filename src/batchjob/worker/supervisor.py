@@ -10,6 +10,7 @@ them and put them back to pending without using an attempt. SIGHUP: reopen the l
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 import os
 import secrets
@@ -36,6 +37,7 @@ from batchjob.worker.maintenance import (
     WorkerHeartbeat,
     sweep_stale_processes,
 )
+from batchjob.worker.outage import Outage
 from batchjob.worker.slot import SlotContext, execute
 
 WORKER_LOG_NAME = "batch_job_worker.log"
@@ -77,7 +79,8 @@ class Worker:
         subreaper = watch.become_subreaper()
         store = Store(self.settings.database_url)
         worker = self.settings.worker
-        keeper = LeaseKeeper(store, worker.lease_timeout, self.worker_id)
+        outage = Outage()
+        keeper = LeaseKeeper(store, worker.lease_timeout, outage)
         context = SlotContext(
             settings=self.settings,
             store=store,
@@ -86,6 +89,7 @@ class Worker:
             worker_id=self.worker_id,
             base_env=self._base_environment(),
             shutting_down=self._stopping,
+            outage=outage,
         )
         services = (
             Rescuer(store, self.host, worker.lease_timeout, worker.max_lost_attempts),
@@ -99,13 +103,13 @@ class Worker:
             self.worker_id, os.getpid(), __version__, self.concurrency,
             ",".join(self.queues) if self.queues else "*", store.display_url, subreaper,
         )  # fmt: skip
-        self._register(store)
+        self._register(store, outage)
         for leftover in sweep_stale_processes(self.host):
             log.warning("action=stale_process_killed %s: its job is no longer held here", leftover)
         keeper.start()
         stop_listening = store.listen_for_jobs(self._wake.set, self.worker_id.replace(":", "-"))
         try:
-            self._loop(store, context, services)
+            self._loop(store, context, services, outage)
         finally:
             if stop_listening is not None:
                 stop_listening()
@@ -119,7 +123,11 @@ class Worker:
         return 0
 
     def _loop(
-        self, store: Store, context: SlotContext, services: Sequence[PeriodicService]
+        self,
+        store: Store,
+        context: SlotContext,
+        services: Sequence[PeriodicService],
+        outage: Outage,
     ) -> None:
         database_failures = 0
         low_space_reported = False
@@ -137,13 +145,11 @@ class Worker:
                 if self.burst and not self._slots and not store.has_due_jobs(self.queues):
                     log.info("action=burst_done worker_id=%s", self.worker_id)
                     return
-                if database_failures:
-                    log.info("action=database_back worker_id=%s", self.worker_id)
+                outage.succeeded()
                 database_failures = 0
                 delay = self.settings.worker.poll_interval
             except StoreUnavailable as exc:
-                if database_failures == 0:
-                    log.warning("action=database_unavailable error=%s: waiting for it", exc)
+                outage.failed(exc)
                 delay = DATABASE_BACKOFF_SECONDS[
                     min(database_failures, len(DATABASE_BACKOFF_SECONDS) - 1)
                 ]
@@ -238,7 +244,8 @@ class Worker:
         env_file = self.settings.worker.env_file
         return read_env_file(env_file) if env_file is not None else dict(os.environ)
 
-    def _register(self, store: Store) -> None:
+    def _register(self, store: Store, outage: Outage) -> None:
+        """Register in batch_job_workers, waiting for a database that is not there yet."""
         registration = WorkerRegistration(
             worker_id=self.worker_id,
             host=self.host,
@@ -247,18 +254,14 @@ class Worker:
             queues=self.queues,
             concurrency=self.concurrency,
         )
-        failures = 0
-        while True:
+        for failures in itertools.count():
             try:
                 store.register_worker(registration)
-                if failures:
-                    log.info("action=database_back worker_id=%s", self.worker_id)
+                outage.succeeded()
                 return
             except StoreUnavailable as exc:
-                if failures == 0:
-                    log.warning("action=database_unavailable error=%s: waiting for it", exc)
+                outage.failed(exc)
                 pause = DATABASE_BACKOFF_SECONDS[min(failures, len(DATABASE_BACKOFF_SECONDS) - 1)]
-                failures += 1
                 if self._stopping.wait(pause):
                     raise
 
