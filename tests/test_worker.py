@@ -283,6 +283,7 @@ def test_a_frozen_worker_cannot_write_after_its_job_was_rescued(
     after = queue.get(job.id)
     assert (after.status, after.attempt, after.exit_code) == (JobStatus.COMPLETED, 2, 0)
     assert marker.read_text().split() == ["1", "2"]
+    wait_until(lambda: "lease_lost" in [event.kind for event in queue.events(job.id)])
     rescuer.send_signal(signal.SIGTERM)
     frozen.send_signal(signal.SIGTERM)
     assert frozen.wait(timeout=30) == 0
@@ -434,5 +435,31 @@ def test_a_job_that_ends_while_the_database_is_away_is_recorded_when_it_is_back(
         log = workers.worker_log()
         assert log.count("action=database_unavailable") == 1, "an outage is said once"
         assert log.count("action=database_back") == 1
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_worker_cut_off_from_the_database_stops_its_job_before_the_lease_expires(
+    workers: Workers, queue: Queue, database_url: str, tmp_path: Path
+) -> None:
+    url = make_url(database_url)
+    proxy = TcpProxy(url.port or 5432)
+    try:
+        workers.database_url = url.set(port=proxy.port).render_as_string(hide_password=False)
+        workers.configure('[worker]\nlease_timeout = "3s"\n')
+        marker = tmp_path / "attempts"
+        script = f'echo "$BATCH_JOB_ATTEMPT" >> {marker}; [ "$BATCH_JOB_ATTEMPT" = 1 ] && sleep 60'
+        job = queue.enqueue(["sh", "-c", script + "; exit 0"], retries=2)
+        worker = workers.start()
+        wait_until(lambda: len(job_processes(job.id, worker)) >= 2)
+        proxy.cut()
+        # Two thirds of the 3 s lease after its last renewal, the worker stops the job itself.
+        wait_until(lambda: job_processes(job.id, worker) == [], timeout=10, interval=0.1)
+        assert "action=self_fence job_id=" in workers.worker_log()
+        proxy.restore()
+        finished = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j)
+        assert (finished.status, finished.attempt) == (JobStatus.COMPLETED, 2)
+        assert marker.read_text().split() == ["1", "2"]
     finally:
         proxy.close()

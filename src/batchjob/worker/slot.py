@@ -100,12 +100,7 @@ def _record(claimed: ClaimedJob, result: RunResult, tracked: Tracked, context: S
     ended = f"duration={result.duration:.3f}s exit={result.exit_code} signal={result.signal}"
     if result.stopped_by == StopReason.LEASE_LOST:
         log.warning("action=abandoned job_id=%d %s reason=lease_lost", job.id, ended)
-        _write(context, lambda: context.store.record_event(
-            job.id, "lease_lost",
-            "this attempt lost its lease (rescued elsewhere or the database was unreachable) "
-            "and was stopped; its result is not recorded",
-            worker_id=context.worker_id,
-        ))  # fmt: skip
+        _record_lost_lease(context, job.id, "the attempt lost its lease and was stopped")
         return
     if result.stopped_by == StopReason.SHUTDOWN:
         released = _write(
@@ -149,6 +144,21 @@ def _record(claimed: ClaimedJob, result: RunResult, tracked: Tracked, context: S
         log.info("action=%s job_id=%d %s reason=%s", status, job.id, ended, verdict.failure_reason)
     if not _write(context, lambda: context.store.finish(lease, outcome)):
         log.warning("action=result_not_recorded job_id=%d: the lease was lost meanwhile", job.id)
+        _record_lost_lease(context, job.id, f"the attempt ended ({ended}) after losing its lease")
+
+
+def _record_lost_lease(context: SlotContext, job_id: int, what: str) -> None:
+    """An event for the job's history: this attempt's result is not (and will not be) kept."""
+    message = (
+        f"{what}: it was rescued elsewhere or its worker could not reach the database; "
+        "its result is not recorded"
+    )
+    _write(
+        context,
+        lambda: context.store.record_event(
+            job_id, "lease_lost", message, worker_id=context.worker_id
+        ),
+    )
 
 
 def _evidence(claimed: ClaimedJob, result: RunResult) -> dict[str, object] | None:
