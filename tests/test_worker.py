@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from sqlalchemy import make_url
+from sqlalchemy import create_engine, make_url, text
 
 from batchjob.model import FailureReason, JobStatus
 from batchjob.queue import Queue
@@ -463,3 +464,75 @@ def test_a_worker_cut_off_from_the_database_stops_its_job_before_the_lease_expir
         assert marker.read_text().split() == ["1", "2"]
     finally:
         proxy.close()
+
+
+def test_the_worker_registers_and_records_each_attempts_evidence(
+    workers: Workers, queue: Queue, database_url: str
+) -> None:
+    job = queue.enqueue(
+        [PYTHON, "-c", "import time; block = bytearray(64 << 20); time.sleep(1.5)"],
+        env={"API_TOKEN": "s3cr3t", "SYNC_URL": "https://sync:hunter2@crm.example/api"},
+    )
+    assert workers.run_burst() == 0
+    stored = queue.get(job.id)
+    assert stored.status == JobStatus.COMPLETED
+    assert (stored.peak_rss_bytes or 0) > 60 << 20
+    assert (stored.peak_open_fds or 0) >= 3
+    (attempt,) = [event for event in queue.events(job.id) if event.kind == "attempt"]
+    environment = (attempt.data or {})["environment"]
+    assert environment["API_TOKEN"] == "***"
+    assert environment["SYNC_URL"] == "https://sync:***@crm.example/api"
+    assert environment["BATCH_JOB_ID"] == str(job.id)
+    engine = create_engine(database_url)
+    with engine.connect() as conn:
+        (row,) = conn.execute(text("SELECT * FROM batch_job_workers")).mappings().all()
+    engine.dispose()
+    assert row["host"] == socket.gethostname()
+    assert row["concurrency"] == 2
+    assert row["version"]
+    assert row["started_at"] <= row["last_seen"]
+    assert row["stopped_at"] is not None
+
+
+def test_a_job_longer_than_its_lease_keeps_it(workers: Workers, queue: Queue) -> None:
+    workers.configure('[worker]\nlease_timeout = "1s"\n')
+    job = queue.enqueue(["sleep", "4"], retries=3)
+    workers.start()
+    workers.start()  # a second worker would rescue the job if its lease lapsed
+    finished = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j)
+    assert (finished.status, finished.attempt) == (JobStatus.COMPLETED, 1)
+    assert "rescued" not in [event.kind for event in queue.events(job.id)]
+
+
+def test_a_job_past_its_timeout_fails_with_timeout(workers: Workers, queue: Queue) -> None:
+    workers.configure('[worker]\nkill_grace = "1s"\n')
+    job = queue.enqueue(["sh", "-c", "trap '' TERM; sleep 60"], timeout="1s")
+    assert workers.run_burst() == 0
+    failed = queue.get(job.id)
+    assert (failed.status, failed.failure_reason) == (JobStatus.FAILED, FailureReason.TIMEOUT)
+    assert "timeout of 1s" in (failed.error_summary or "")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_start_up_sweep_kills_processes_of_a_dead_worker_of_this_host(
+    workers: Workers, tmp_path: Path
+) -> None:
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    stale_env = {
+        "PATH": "/usr/bin:/bin",
+        "BATCH_JOB_ID": "424242",
+        "BATCH_JOB_WORKER": f"{socket.gethostname()}:{dead.pid}:abcdef",
+    }
+    other_env = {**stale_env, "BATCH_JOB_WORKER": f"elsewhere:{dead.pid}:abcdef"}
+    stale = subprocess.Popen(["sleep", "300"], env=stale_env)
+    other_host = subprocess.Popen(["sleep", "300"], env=other_env)
+    try:
+        assert workers.run_burst() == 0
+        assert stale.wait(timeout=10) == -signal.SIGKILL
+        # (Under xdist another test's worker may sweep it first: any worker of this host may.)
+        assert other_host.poll() is None, "another host's job is not this worker's to judge"
+    finally:
+        for process in (stale, other_host):
+            process.kill()
+            process.wait()
