@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,11 +47,14 @@ def _unreachable(name: str, exc: Exception) -> None:
 
 
 @pytest.fixture(scope="session")
-def server_databases(worker_id: str) -> Iterator[dict[str, str]]:
-    """One scratch database per server for this xdist worker: name -> URL."""
+def server_databases(worker_id: str, testrun_uid: str) -> Iterator[dict[str, str]]:
+    """One scratch database per server for this test run and xdist worker: name -> URL.
+
+    Named by the run too, so two pytest runs on one host never empty each other's tables.
+    """
     created: dict[str, tuple[Engine, str]] = {}
     urls: dict[str, str] = {}
-    name = f"batchjob_test_{worker_id}"
+    name = f"batchjob_test_{testrun_uid[:8]}_{worker_id}"
     for server, admin_url in SERVERS.items():
         try:
             admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
@@ -164,3 +168,65 @@ def cli(database_url: str, tmp_path: Path):  # type: ignore[no-untyped-def]
         )
 
     return invoke
+
+
+PYTHON = sys.executable
+
+
+class Workers:
+    """Starts `batchjob worker` processes for one test and stops whatever is left."""
+
+    def __init__(self, database_url: str, directory: Path) -> None:
+        self.database_url = database_url
+        self.directory = directory
+        self.started: list[subprocess.Popen[bytes]] = []
+
+    def configure(self, text: str) -> None:
+        (self.directory / "batchjob.toml").write_text(text, encoding="utf-8")
+
+    def start(self, *args: str) -> subprocess.Popen[bytes]:
+        env = {
+            "PATH": f"{Path(PYTHON).parent}:/usr/bin:/bin",
+            "BATCH_JOB_DATABASE_URL": self.database_url,
+            "BATCH_JOB_LOG_DIR": str(self.directory / "logs"),
+        }
+        process = subprocess.Popen(
+            [str(BATCHJOB), "worker", *args],
+            cwd=self.directory,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.started.append(process)
+        return process
+
+    def run_burst(self, *args: str, timeout: float = 60) -> int:
+        return self.start("--burst", *args).wait(timeout=timeout)
+
+    def worker_log(self) -> str:
+        path = self.directory / "logs" / "batch_job_worker.log"
+        return path.read_text(encoding="utf-8") if path.exists() else ""
+
+    def stop_all(self) -> None:
+        for process in self.started:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+
+
+@pytest.fixture
+def workers(database_url: str, tmp_path: Path) -> Iterator[Workers]:
+    pool = Workers(database_url, tmp_path)
+    yield pool
+    pool.stop_all()
+
+
+def wait_until(condition, timeout: float = 30, interval: float = 0.1):  # type: ignore[no-untyped-def]
+    """Poll `condition` until it returns something truthy; fail the test after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")

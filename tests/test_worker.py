@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
@@ -22,71 +21,12 @@ from sqlalchemy import create_engine, make_url, text
 
 from batchjob.model import FailureReason, JobStatus
 from batchjob.queue import Queue
-from conftest import BATCHJOB, run_cli
+from conftest import BATCHJOB, Workers, run_cli, wait_until
 from tcp_proxy import TcpProxy
 
 PYTHON = sys.executable
 JOBS = Path(__file__).parent / "jobs"
 FAULT_DATABASES = pytest.mark.parametrize("database_url", ["sqlite", "postgresql"], indirect=True)
-
-
-class Workers:
-    """Starts `batchjob worker` processes for one test and stops whatever is left."""
-
-    def __init__(self, database_url: str, directory: Path) -> None:
-        self.database_url = database_url
-        self.directory = directory
-        self.started: list[subprocess.Popen[bytes]] = []
-
-    def configure(self, text: str) -> None:
-        (self.directory / "batchjob.toml").write_text(text, encoding="utf-8")
-
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
-        env = {
-            "PATH": f"{Path(PYTHON).parent}:/usr/bin:/bin",
-            "BATCH_JOB_DATABASE_URL": self.database_url,
-            "BATCH_JOB_LOG_DIR": str(self.directory / "logs"),
-        }
-        process = subprocess.Popen(
-            [str(BATCHJOB), "worker", *args],
-            cwd=self.directory,
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self.started.append(process)
-        return process
-
-    def run_burst(self, *args: str, timeout: float = 60) -> int:
-        return self.start("--burst", *args).wait(timeout=timeout)
-
-    def worker_log(self) -> str:
-        path = self.directory / "logs" / "batch_job_worker.log"
-        return path.read_text(encoding="utf-8") if path.exists() else ""
-
-    def stop_all(self) -> None:
-        for process in self.started:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
-
-
-@pytest.fixture
-def workers(database_url: str, tmp_path: Path) -> Iterator[Workers]:
-    pool = Workers(database_url, tmp_path)
-    yield pool
-    pool.stop_all()
-
-
-def wait_until(condition, timeout: float = 30, interval: float = 0.1):  # type: ignore[no-untyped-def]
-    """Poll `condition` until it returns something truthy; fail the test after `timeout`."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")
 
 
 def job_processes(job_id: int, worker: subprocess.Popen[bytes]) -> list[psutil.Process]:

@@ -98,6 +98,7 @@ class Job:
     started_at: datetime | None = None
     completed_at: datetime | None = None
     cancel_requested_at: datetime | None = None
+    stalled_at: datetime | None = None
     exit_code: int | None = None
     signal: int | None = None
     failure_reason: FailureReason | None = None
@@ -143,6 +144,7 @@ class Job:
             "started_at": _iso(self.started_at),
             "completed_at": _iso(self.completed_at),
             "cancel_requested_at": _iso(self.cancel_requested_at),
+            "stalled_at": _iso(self.stalled_at),
             "exit_code": self.exit_code,
             "signal": self.signal,
             "failure_reason": self.failure_reason.value if self.failure_reason else None,

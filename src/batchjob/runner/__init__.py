@@ -12,6 +12,7 @@ from __future__ import annotations
 import enum
 import json
 import os
+import resource
 import selectors
 import shutil
 import signal
@@ -33,6 +34,7 @@ STDERR_TAIL_BYTES = 8 * 1024
 STDERR_TAIL_LINES = 10
 MAX_PROGRESS_LINE = 64 * 1024
 LOOP_SECONDS = 0.25
+CPU_ACTIVITY_SECONDS = 0.02  # CPU time of the tree that counts as "moving" between samples
 
 
 class StopReason(enum.StrEnum):
@@ -42,9 +44,14 @@ class StopReason(enum.StrEnum):
     CANCELLED = "cancelled"
     SHUTDOWN = "shutdown"
     LEASE_LOST = "lease_lost"
+    MEMORY_LIMIT = "memory_limit"
+    STALLED = "stalled"
 
 
 ProgressCallback = Callable[[str | None, int | None, int | None], None]
+StallCallback = Callable[[bool, float, list[int]], None]
+"""(stalled now?, seconds without activity, the tree's pids) when a job stalls or moves again."""
+OutputCallback = Callable[[str, bytes], None]
 
 
 class RunControl:
@@ -54,9 +61,13 @@ class RunControl:
         self,
         on_progress: ProgressCallback | None = None,
         on_started: Callable[[int], None] | None = None,
+        on_stall: StallCallback | None = None,
+        on_output: OutputCallback | None = None,
     ) -> None:
         self.on_progress = on_progress or (lambda message, current, total: None)
         self.on_started = on_started or (lambda pid: None)
+        self.on_stall = on_stall or (lambda stalled, idle, pids: None)
+        self.on_output = on_output
         self._stop = threading.Event()
         self.stop_reason: StopReason | None = None
 
@@ -80,6 +91,12 @@ class JobSpec:
     kill_grace: float
     drain_grace: float
     tmp_root: Path | None = None
+    memory_limit: int | None = None
+    """Bytes of RSS for the whole tree; past it, the tree is stopped."""
+    stall_timeout: float | None = None
+    """Seconds with no output, no progress and no CPU in the tree before the job is stalled."""
+    stall_action: str = "diagnose"
+    """"diagnose": tell the worker (on_stall) and go on; "kill": also stop the tree."""
 
 
 @dataclass
@@ -90,15 +107,18 @@ class RunResult:
     stopped_by: StopReason | None = None
     spawn_error: str | None = None
     duration: float = 0.0
-    peak_rss_bytes: int = 0
-    peak_open_fds: int = 0
-    peak_processes: int = 0
-    peak_threads: int = 0
+    peak_rss_bytes: int | None = None
+    """None until the tree was first sampled (0.2 s in): unknown, not zero."""
+    peak_open_fds: int | None = None
+    peak_processes: int | None = None
+    peak_threads: int | None = None
     cpu_seconds: float = 0.0
     leftovers: list[str] = field(default_factory=list)
     stderr_tail: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     log_error: str | None = None
+    fd_limit: int | None = None
+    """The soft RLIMIT_NOFILE the job started with (inherited from the worker)."""
 
     @property
     def succeeded(self) -> bool:
@@ -120,6 +140,7 @@ def run(spec: JobSpec, control: RunControl) -> RunResult:
         log.close()
         return result
     result.pid, result.env = spawned.process.pid, spawned.env
+    result.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     control.on_started(spawned.process.pid)
     try:
         _Attempt(spec, control, log, result, spawned.process).drive(
@@ -156,6 +177,9 @@ class _Attempt:
         self.next_sample = self.started + FIRST_SAMPLE_SECONDS
         self.stderr_tail = b""
         self.progress_buffer = b""
+        self.last_activity = self.started
+        self.last_cpu = 0.0
+        self.stalled = False
         self.skipping_long_line = False
         self.dropped_progress = 0
 
@@ -187,10 +211,15 @@ class _Attempt:
             if stream == "progress" and self.progress_buffer:
                 self._progress_line(self.progress_buffer)
             return
+        self.last_activity = time.monotonic()
+        if self.stalled:
+            self._moving_again([self.process.pid])
         if stream == "progress":
             self._progress(data)
             return
         self.log.write(stream, data)
+        if self.control.on_output is not None:
+            self.control.on_output(stream, data)
         if stream == "stderr":
             self.stderr_tail = (self.stderr_tail + data)[-STDERR_TAIL_BYTES:]
 
@@ -199,7 +228,7 @@ class _Attempt:
         if self.exited_at is None and self.process.poll() is not None:
             self.exited_at = now
         if now >= self.next_sample:
-            self._sample()
+            self._sample(now)
             self.next_sample = now + SAMPLE_EVERY_SECONDS
         if self.exited_at is None:
             if self.deadline is not None and now >= self.deadline:
@@ -250,14 +279,47 @@ class _Attempt:
         )
         watch.terminate(leftovers, self.spec.kill_grace)
 
-    def _sample(self) -> None:
-        tree = watch.sample(watch.job_processes(self.process.pid, self.job_id))
+    def _sample(self, now: float) -> None:
+        processes = watch.job_processes(self.process.pid, self.job_id)
+        tree = watch.sample(processes)
         result = self.result
-        result.peak_rss_bytes = max(result.peak_rss_bytes, tree.rss_bytes)
-        result.peak_open_fds = max(result.peak_open_fds, tree.open_fds)
-        result.peak_processes = max(result.peak_processes, tree.processes)
-        result.peak_threads = max(result.peak_threads, tree.threads)
+        if tree.fd_limit is not None:
+            result.fd_limit = tree.fd_limit
+        result.peak_rss_bytes = max(result.peak_rss_bytes or 0, tree.rss_bytes)
+        result.peak_open_fds = max(result.peak_open_fds or 0, tree.open_fds)
+        result.peak_processes = max(result.peak_processes or 0, tree.processes)
+        result.peak_threads = max(result.peak_threads or 0, tree.threads)
         result.cpu_seconds = max(result.cpu_seconds, tree.cpu_seconds)
+        limit = self.spec.memory_limit
+        if limit is not None and tree.rss_bytes > limit and not self.control.stop_requested:
+            self.log.note(
+                f"[batchjob: the job's processes use {tree.rss_bytes} bytes of RSS, over its "
+                f"memory_limit of {limit}: stopping it]"
+            )
+            self.control.request_stop(StopReason.MEMORY_LIMIT)
+        if abs(tree.cpu_seconds - self.last_cpu) > CPU_ACTIVITY_SECONDS:
+            self.last_cpu = tree.cpu_seconds
+            self.last_activity = now
+        self._judge_stall(now, [process.pid for process in processes])
+
+    def _judge_stall(self, now: float, pids: list[int]) -> None:
+        """No output, progress or CPU for stall_timeout: stalled; any of them again: moving."""
+        if self.spec.stall_timeout is None or self.exited_at is not None:
+            return
+        idle = now - self.last_activity
+        if not self.stalled and idle >= self.spec.stall_timeout:
+            self.stalled = True
+            self.log.note(f"[batchjob: stalled: no output, progress or CPU for {idle:.0f}s]")
+            self.control.on_stall(True, idle, pids)
+            if self.spec.stall_action == "kill":
+                self.control.request_stop(StopReason.STALLED)
+        elif self.stalled and idle < self.spec.stall_timeout:
+            self._moving_again(pids)
+
+    def _moving_again(self, pids: list[int]) -> None:
+        self.stalled = False
+        self.log.note("[batchjob: moving again]")
+        self.control.on_stall(False, 0.0, pids)
 
     def _finish(self) -> None:
         returncode = self.process.wait()

@@ -91,11 +91,16 @@ def descendants(pid: int) -> list[int]:
     return found
 
 
-def job_processes(root_pid: int, job_id: int) -> list[psutil.Process]:
-    """The live processes of the job whose main process is (or was) `root_pid`."""
+def job_processes(
+    root_pid: int, job_id: int, worker_pid: int | None = None
+) -> list[psutil.Process]:
+    """The live processes of the job whose main process is (or was) `root_pid`.
+
+    `worker_pid` is the worker that adopts the job's orphans: this process by default.
+    """
     members = [root_pid, *descendants(root_pid)]
     marker = str(job_id)
-    for adopted in children(os.getpid()):
+    for adopted in children(worker_pid or os.getpid()):
         if adopted in _main_pids or adopted in members:
             continue
         try:
@@ -132,6 +137,8 @@ class TreeSample:
     threads: int = 0
     processes: int = 0
     cpu_seconds: float = 0.0
+    fd_limit: int | None = None
+    """The lowest soft RLIMIT_NOFILE in the tree: the one the job hits first."""
 
 
 def sample(processes: Iterable[psutil.Process]) -> TreeSample:
@@ -146,6 +153,9 @@ def sample(processes: Iterable[psutil.Process]) -> TreeSample:
                 times = process.cpu_times()
                 total.cpu_seconds += times.user + times.system
                 total.processes += 1
+                soft = process.rlimit(psutil.RLIMIT_NOFILE)[0]
+                if soft >= 0 and (total.fd_limit is None or soft < total.fd_limit):
+                    total.fd_limit = soft
         except psutil.Error:
             continue
     return total

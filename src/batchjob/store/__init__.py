@@ -34,7 +34,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from batchjob.errors import DuplicateJob, InvalidTransition, JobNotFound, StoreUnavailable
 from batchjob.model import Event, FailureReason, Job, JobStatus, NewJob
 from batchjob.redact import mask_url_passwords
-from batchjob.store import dialects, migrations, wakeups
+from batchjob.store import dialects, health, migrations, wakeups
 from batchjob.store.schema import Moment, concurrency_locks, events, jobs, workers
 
 T = TypeVar("T")
@@ -304,6 +304,7 @@ class Store:
                     started_at=dialects.db_now(),
                     worker_id=worker_id,
                     pid=None,
+                    stalled_at=None,
                     progress_message=None,
                     progress_current=None,
                     progress_total=None,
@@ -354,6 +355,7 @@ class Store:
             "peak_open_fds": outcome.peak_open_fds,
             "lease_token": None,
             "lease_expires_at": None,
+            "stalled_at": None,
         }
         if outcome.progress is not None:
             message, current, total = outcome.progress
@@ -468,6 +470,10 @@ class Store:
 
         return self._run(release)
 
+    def mark_stalled(self, lease: Lease, stalled: bool) -> bool:
+        """Show (or clear) that the running attempt has stopped moving."""
+        return self._fenced_update(lease, {"stalled_at": dialects.db_now() if stalled else None})
+
     def mark_started(self, lease: Lease, pid: int | None, log_path: str) -> bool:
         return self._fenced_update(lease, {"pid": pid, "log_path": log_path})
 
@@ -490,6 +496,10 @@ class Store:
         return self._run(
             lambda conn: conn.execute(query.limit(1)).first() is not None, read_only=True
         )
+
+    def health_report(self) -> dict[str, Any]:
+        """What `doctor` needs to know of the database, its sessions, workers and leases."""
+        return self._run(lambda conn: health.report(conn, self.url), read_only=True)
 
     def listen_for_jobs(self, wake: Callable[[], None], name: str) -> Callable[[], None] | None:
         """Call `wake()` when jobs are enqueued; returns how to stop, or None (poll instead)."""
@@ -876,6 +886,7 @@ def _job_from_row(row: Row[Any], diagnosis: Mapping[str, Any] | None = None) -> 
         started_at=row.started_at,
         completed_at=row.completed_at,
         cancel_requested_at=row.cancel_requested_at,
+        stalled_at=row.stalled_at,
         exit_code=row.exit_code,
         signal=row.signal,
         failure_reason=FailureReason(row.failure_reason) if row.failure_reason else None,

@@ -71,6 +71,8 @@ jobs = Table(
     Column("started_at", Moment),
     Column("completed_at", Moment),
     Column("cancel_requested_at", Moment),
+    # Set while the running attempt shows no output, progress or CPU (see runner stall_timeout).
+    Column("stalled_at", Moment),
     Column("lease_token", String(36)),
     Column("lease_expires_at", Moment),
     Column("worker_id", String(255)),

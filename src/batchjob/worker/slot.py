@@ -8,8 +8,8 @@ of a job that finished meanwhile is not lost.
 from __future__ import annotations
 
 import logging
-import os
 import random
+import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from batchjob.config import Settings
-from batchjob.diagnosis.outcome import judge, retry_delay
+from batchjob.diagnosis.context import execution_context
+from batchjob.diagnosis.oom import oom_evidence, oom_kill_count
+from batchjob.diagnosis.outcome import explain, retry_delay
 from batchjob.errors import StoreUnavailable
 from batchjob.model import JobStatus
-from batchjob.redact import mask_environment
 from batchjob.runner import JobSpec, RunControl, RunResult, StopReason, run
 from batchjob.runner.spawn import SpawnRequest
 from batchjob.store import ClaimedJob, Outcome, Store
@@ -57,6 +58,12 @@ def execute(claimed: ClaimedJob, context: SlotContext) -> None:
     tracked = context.keeper.track(lease, control)
     control.on_progress = tracked.report
     control.on_started = lambda pid: _started(context, tracked, job.id, pid, str(log_path))
+    control.on_stall = lambda stalled, idle, pids: threading.Thread(
+        target=_stall_changed,
+        args=(context, claimed, stalled, idle, pids),
+        name=f"stall-{job.id}",
+        daemon=True,
+    ).start()
     spec = JobSpec(
         spawn=SpawnRequest(
             job_id=job.id,
@@ -73,7 +80,11 @@ def execute(claimed: ClaimedJob, context: SlotContext) -> None:
         timeout=job.timeout,
         kill_grace=settings.worker.kill_grace,
         drain_grace=settings.worker.drain_grace,
+        memory_limit=job.memory_limit,
+        stall_timeout=job.stall_timeout,
+        stall_action=job.stall_action or "diagnose",
     )
+    oom_kills_before = oom_kill_count()
     log.info(
         "action=started job_id=%d attempt=%d/%d queue=%s log=%s",
         job.id, job.attempt, job.max_attempts, job.queue, log_path,
@@ -83,7 +94,33 @@ def execute(claimed: ClaimedJob, context: SlotContext) -> None:
     finally:
         context.keeper.untrack(lease)
         context.guardian.job_ended(job.id)
-    _record(claimed, result, tracked, context)
+    _record(claimed, result, tracked, context, oom_kills_before)
+
+
+def _stall_changed(
+    context: SlotContext, claimed: ClaimedJob, stalled: bool, idle: float, pids: list[int]
+) -> None:
+    """Mark the job stalled and store a diagnosis of its tree (or un-mark it): off the pump."""
+    from batchjob.diagnosis.inspect import inspect_processes
+
+    job, lease = claimed.job, claimed.lease
+    if not stalled:
+        log.info("action=moving_again job_id=%d", job.id)
+        _write(context, lambda: context.store.mark_stalled(lease, False))
+        _write(context, lambda: context.store.record_event(
+            job.id, "moving", "the job shows activity again", worker_id=context.worker_id
+        ))  # fmt: skip
+        return
+    diagnosis = inspect_processes(pids, idle_seconds=idle)
+    log.warning("action=stalled job_id=%d idle=%.0fs %s", job.id, idle, diagnosis["summary"])
+    _write(context, lambda: context.store.mark_stalled(lease, True))
+    _write(context, lambda: context.store.record_event(
+        job.id, "stalled", f"no output, progress or CPU for {idle:.0f}s",
+        worker_id=context.worker_id,
+    ))  # fmt: skip
+    _write(context, lambda: context.store.record_event(
+        job.id, "diagnosis", diagnosis["summary"], data=diagnosis, worker_id=context.worker_id
+    ))  # fmt: skip
 
 
 def _started(context: SlotContext, tracked: Tracked, job_id: int, pid: int, log_path: str) -> None:
@@ -95,7 +132,13 @@ def _started(context: SlotContext, tracked: Tracked, job_id: int, pid: int, log_
         context.outage.failed(exc)  # the lease keeper writes the pid with the next renewal
 
 
-def _record(claimed: ClaimedJob, result: RunResult, tracked: Tracked, context: SlotContext) -> None:
+def _record(
+    claimed: ClaimedJob,
+    result: RunResult,
+    tracked: Tracked,
+    context: SlotContext,
+    oom_kills_before: int | None,
+) -> None:
     job, lease = claimed.job, claimed.lease
     ended = f"duration={result.duration:.3f}s exit={result.exit_code} signal={result.signal}"
     if result.stopped_by == StopReason.LEASE_LOST:
@@ -111,7 +154,18 @@ def _record(claimed: ClaimedJob, result: RunResult, tracked: Tracked, context: S
         )
         log.info("action=released job_id=%d %s released=%s", job.id, ended, released)
         return
-    verdict = judge(result, job.timeout)
+    evidence_of_oom = (
+        oom_evidence(result.pid, oom_kills_before)
+        if result.signal == signal.SIGKILL and result.stopped_by is None and result.pid
+        else None
+    )
+    verdict = explain(
+        result,
+        command=job.command,
+        timeout=job.timeout,
+        memory_limit=job.memory_limit,
+        oom_evidence=evidence_of_oom,
+    )
     delay: float | None = None
     if verdict.succeeded:
         status = JobStatus.COMPLETED
@@ -129,6 +183,7 @@ def _record(claimed: ClaimedJob, result: RunResult, tracked: Tracked, context: S
         signal=result.signal,
         failure_reason=verdict.failure_reason,
         error_summary=verdict.summary,
+        hint=verdict.hint,
         retry_delay=delay,
         progress=tracked.unstored_progress(),
         peak_rss_bytes=result.peak_rss_bytes,
@@ -166,9 +221,8 @@ def _evidence(claimed: ClaimedJob, result: RunResult) -> dict[str, object] | Non
     if not result.env:
         return None
     return {
+        **execution_context(result.env, claimed.job.command, claimed.job.cwd),
         "pid": result.pid,
-        "cwd": claimed.job.cwd or os.getcwd(),
-        "environment": mask_environment(result.env),
         "peak_processes": result.peak_processes,
         "peak_threads": result.peak_threads,
         "cpu_seconds": round(result.cpu_seconds, 3),

@@ -1,0 +1,172 @@
+"""An attempt's execution context: what differs between "by hand" and "under the worker".
+
+User and groups, umask, cwd, the environment (secrets masked), the interpreter and its
+virtualenv, the locale, every resource limit, the cgroup and its limits, and the systemd
+sandbox when the worker runs in a unit. The parts that belong to the worker process are read
+once per process; the per-job parts are cheap.
+"""
+
+from __future__ import annotations
+
+import functools
+import grp
+import os
+import pwd
+import resource
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from batchjob.redact import mask_environment
+
+SANDBOX_PROPERTIES = (
+    "ProtectSystem",
+    "ProtectHome",
+    "PrivateTmp",
+    "ReadWritePaths",
+    "ReadOnlyPaths",
+    "InaccessiblePaths",
+    "LimitNOFILE",
+    "MemoryMax",
+    "NoNewPrivileges",
+    "User",
+)
+LOCALE_VARIABLES = ("LANG", "LC_ALL", "LC_CTYPE", "PYTHONIOENCODING", "PYTHONUTF8")
+
+
+def execution_context(
+    env: Mapping[str, str], command: Sequence[str], cwd: str | None
+) -> dict[str, Any]:
+    """The context a job with this environment, command and cwd runs in, from this process."""
+    interpreter = shutil.which(command[0], path=env.get("PATH")) if command else None
+    return {
+        **process_context(),
+        "cwd": cwd or os.getcwd(),
+        "environment": mask_environment(env),
+        "interpreter": os.path.realpath(interpreter) if interpreter else None,
+        "virtualenv": _virtualenv(interpreter, env),
+        "locale": {name: env[name] for name in LOCALE_VARIABLES if name in env},
+    }
+
+
+@functools.cache
+def process_context() -> dict[str, Any]:
+    """What every job of this process shares: identity, umask, limits, cgroup, sandbox."""
+    return {
+        "user": _user_name(os.getuid()),
+        "uid": os.getuid(),
+        "groups": sorted({_group_name(gid) for gid in os.getgroups()}),
+        "umask": _umask(),
+        "limits": _limits(),
+        "cgroup": _cgroup(),
+        "systemd": _systemd_sandbox(),
+    }
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return str(uid)
+
+
+def _group_name(gid: int) -> str:
+    try:
+        return grp.getgrgid(gid).gr_name
+    except KeyError:
+        return str(gid)
+
+
+def _umask() -> str | None:
+    """From /proc (changing the umask to read it would race with other threads)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return line.split()[1]
+    except OSError:
+        pass
+    return None
+
+
+def _limits() -> dict[str, list[int | str]]:
+    limits: dict[str, list[int | str]] = {}
+    for name in sorted(dir(resource)):
+        if name.startswith("RLIMIT_"):
+            soft, hard = resource.getrlimit(getattr(resource, name))
+            limits[name.removeprefix("RLIMIT_").lower()] = [_limit(soft), _limit(hard)]
+    return limits
+
+
+def _limit(value: int) -> int | str:
+    return "unlimited" if value == resource.RLIM_INFINITY else value
+
+
+def _cgroup() -> dict[str, Any]:
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return {}
+    found: dict[str, Any] = {"paths": lines}
+    for line in lines:
+        _hierarchy, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":
+            base = Path("/sys/fs/cgroup") / relative
+            found["memory_max"] = _read(base / "memory.max")
+            found["pids_max"] = _read(base / "pids.max")
+        elif "memory" in controllers.split(","):
+            found["memory_max"] = _read(
+                Path("/sys/fs/cgroup/memory") / relative / "memory.limit_in_bytes"
+            )
+    return found
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+def _systemd_sandbox() -> dict[str, str] | None:
+    """The unit's sandbox properties when this process runs under systemd, else None."""
+    if "INVOCATION_ID" not in os.environ or shutil.which("systemctl") is None:
+        return None
+    unit = _unit_name()
+    if unit is None:
+        return None
+    try:
+        done = subprocess.run(
+            ["systemctl", "show", "-p", ",".join(SANDBOX_PROPERTIES), unit],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    properties = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
+    return {"unit": unit, **properties}
+
+
+def _unit_name() -> str | None:
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        for part in reversed(line.split(":", 2)[-1].split("/")):
+            if part.endswith(".service"):
+                return part
+    return None
+
+
+def _virtualenv(interpreter: str | None, env: Mapping[str, str]) -> str | None:
+    if env.get("VIRTUAL_ENV"):
+        return env["VIRTUAL_ENV"]
+    if interpreter is None:
+        return None
+    root = Path(interpreter).parent.parent  # <venv>/bin/python, not resolved through links
+    return str(root) if (root / "pyvenv.cfg").exists() else None

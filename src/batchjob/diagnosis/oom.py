@@ -1,0 +1,70 @@
+"""Was it the kernel's OOM killer? The evidence a SIGKILL nobody in batchjob sent may leave.
+
+Two sources, as an operator would check them: the memory cgroup's OOM-kill counter (cgroup
+v2 `memory.events`, v1 `memory.oom_control`), read before and after the attempt, and the
+kernel log (`dmesg`), which names the killed pid when it is readable.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from pathlib import Path
+
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+DMESG_TIMEOUT_SECONDS = 2.0
+
+
+def oom_kill_count() -> int | None:
+    """The OOM kills counted in this process's memory cgroup (jobs share it), if readable."""
+    for path, field in _counter_files():
+        try:
+            for line in path.read_text().splitlines():
+                name, _, value = line.partition(" ")
+                if name == field and value.strip().isdigit():
+                    return int(value)
+        except OSError:
+            continue
+    return None
+
+
+def oom_evidence(pid: int, count_before: int | None) -> str | None:
+    """A sentence of evidence that the OOM killer ended `pid`, or None when there is none."""
+    line = _kernel_log_line(pid)
+    if line is not None:
+        return f"kernel log: {line}"
+    count_after = oom_kill_count()
+    if count_before is not None and count_after is not None and count_after > count_before:
+        return f"the memory cgroup counted {count_after - count_before} OOM kill(s) meanwhile"
+    return None
+
+
+def _counter_files() -> list[tuple[Path, str]]:
+    files: list[tuple[Path, str]] = []
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        _hierarchy, controllers, path = line.split(":", 2)
+        relative = path.lstrip("/")
+        if controllers == "":
+            files.append((CGROUP_ROOT / relative / "memory.events", "oom_kill"))
+            files.append((CGROUP_ROOT / "unified" / relative / "memory.events", "oom_kill"))
+        elif "memory" in controllers.split(","):
+            files.append((CGROUP_ROOT / "memory" / relative / "memory.oom_control", "oom_kill"))
+    return files
+
+
+def _kernel_log_line(pid: int) -> str | None:
+    try:
+        done = subprocess.run(
+            ["dmesg"], capture_output=True, text=True, timeout=DMESG_TIMEOUT_SECONDS, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    pattern = re.compile(rf"(Killed process {pid}\b|oom-kill:.*\bpid={pid}\b)")
+    for line in reversed(done.stdout.splitlines()):
+        if pattern.search(line):
+            return line.strip()
+    return None
