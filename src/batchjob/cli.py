@@ -220,7 +220,7 @@ def list_jobs(
     for job in jobs:
         table.add_row(
             str(job.id),
-            _styled_status(job.status),
+            _styled_status(job.status) + (" [red](stalled)[/]" if job.stalled_at else ""),
             escape(job.queue),
             escape(_describe(job)),
             f"{job.attempt}/{job.max_attempts}",
@@ -250,6 +250,8 @@ def show(context: CliContext, job_id: int, as_json: bool) -> None:
             continue
         shown = _styled_status(job.status) if name == "status" else escape(_plain(value))
         table.add_row(name, shown)
+    if job.diagnosis is not None:
+        table.add_row("diagnosis", escape(str(job.diagnosis.get("summary", ""))))
     stdout.print(table)
     history = context.queue.events(job_id)
     if history:
@@ -363,6 +365,82 @@ def _ending(job: Job) -> str:
     summary = f": {job.error_summary}" if job.error_summary else ""
     hint = f"\nhint: {job.hint}" if job.hint else ""
     return f"job {job.id} {job.status.value} ({reason}{detail}){summary}{hint}"
+
+
+@cli.command()
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the whole diagnosis as JSON.")
+@pass_context
+def diagnose(context: CliContext, job_id: int, as_json: bool) -> None:
+    """Why is a running job not moving? Each process: state, system call, what it waits on."""
+    from batchjob.diagnosis.live import diagnose_job
+
+    diagnosis = diagnose_job(context.queue, job_id)
+    if as_json:
+        _print_json(diagnosis)
+        return
+    stdout.print(diagnosis["summary"], highlight=False, markup=False)
+    for process in diagnosis.get("processes", []):
+        waits = process.get("blocked_on") or ""
+        line = f"  pid {process['pid']} {process.get('state', '')} {process.get('syscall') or ''}"
+        stdout.print(
+            f"{line} {waits} — {process.get('command', '')}", highlight=False, markup=False
+        )
+        for frame in process.get("python_stack") or []:
+            stdout.print(f"      {frame}", highlight=False, markup=False)
+
+
+@cli.command(name="env-diff")
+@click.argument("job_id", type=int)
+@click.option("--json", "as_json", is_flag=True, help="Print the differences as JSON.")
+@pass_context
+def env_diff(context: CliContext, job_id: int, as_json: bool) -> None:
+    """Compare a job's recorded execution context with this shell's."""
+    from batchjob.diagnosis.envdiff import differences
+
+    recorded = [event for event in context.queue.events(job_id) if event.kind == "attempt"]
+    if not recorded or recorded[-1].data is None:
+        raise InvalidInput(
+            f"job {job_id} has no recorded attempt yet (it records one when it ends)"
+        )
+    job = context.queue.get(job_id)
+    found = differences(recorded[-1].data, job.command)
+    if as_json:
+        _print_json([difference.to_json() for difference in found])
+        return
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for column in ("WHAT", f"JOB {job_id} (attempt {recorded[-1].attempt})", "THIS SHELL"):
+        table.add_column(column, overflow="fold")
+    for difference in found:
+        style = "dim" if difference.set_by_batchjob else ""
+        table.add_row(
+            escape(difference.what), escape(difference.job), escape(difference.here), style=style
+        )
+    stdout.print(table)
+
+
+@cli.command(name="run", context_settings={"ignore_unknown_options": True})
+@click.option(
+    "--like-worker", is_flag=True, required=True, help="Run exactly as the worker runs jobs."
+)
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_context
+def run_command(context: CliContext, like_worker: bool, command: tuple[str, ...]) -> None:
+    """Run CMD in the foreground as a job: `batchjob run --like-worker -- CMD ARGS...`."""
+    from batchjob.diagnosis.reproduce import run_like_worker
+
+    sys.exit(run_like_worker(context.settings, list(command)))
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the checks as JSON.")
+@click.option("--probe", is_flag=True, help="Also send a probe job through a running worker.")
+@pass_context
+def doctor(context: CliContext, as_json: bool, probe: bool) -> None:
+    """Check the database, workers, leases, limits, disks and sandbox; exit 1 on any FAIL."""
+    from batchjob.diagnosis.doctor import run_doctor
+
+    sys.exit(run_doctor(context.settings, context.queue, as_json=as_json, probe=probe, out=stdout))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
