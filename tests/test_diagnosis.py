@@ -177,3 +177,33 @@ def test_run_like_worker_is_stopped_as_a_tree_by_ctrl_c(tmp_path: Path) -> None:
     stopper = threading.Timer(0.2, runner.send_signal, (signal.SIGINT,))
     stopper.start()
     assert runner.wait(timeout=30) == 128 + signal.SIGTERM
+
+
+def test_a_job_stalled_in_recv_is_diagnosed_with_port_call_and_function(
+    workers: Workers, queue: Queue
+) -> None:
+    import socket
+
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts, never answers
+    port = listener.getsockname()[1]
+    try:
+        job = queue.enqueue(
+            [PYTHON, str(Path(__file__).parent / "jobs" / "inspect_recv.py"), str(port)],
+            stall_timeout="3s",
+        )
+        workers.start()
+        diagnosed = wait_until(lambda: (j := queue.get(job.id)).diagnosis and j, timeout=15)
+        summary = diagnosed.diagnosis["summary"]
+        assert f":{port}" in summary
+        assert "recvfrom()" in summary or "recv" in summary
+        assert "wait_for_reply" in summary
+        assert diagnosed.stalled_at is not None
+        shown = run_cli(
+            "show", str(job.id), "--json",
+            cwd=workers.directory, env={"BATCH_JOB_DATABASE_URL": workers.database_url},
+        )  # fmt: skip
+        assert json.loads(shown.stdout)["diagnosis"]["summary"] == summary
+        queue.cancel(job.id)
+        wait_until(lambda: queue.get(job.id).status.is_finished)
+    finally:
+        listener.close()
