@@ -207,3 +207,16 @@ def test_a_job_stalled_in_recv_is_diagnosed_with_port_call_and_function(
         wait_until(lambda: queue.get(job.id).status.is_finished)
     finally:
         listener.close()
+
+
+def test_run_like_worker_reads_the_units_limits_as_systemctl_prints_them() -> None:
+    from batchjob.diagnosis.reproduce import unit_limits
+
+    printed = "LimitNOFILE=4096\nLimitNOFILESoft=1024\nLimitCORE=infinity\nLimitCORESoft=0\n"
+    properties = dict(line.split("=", 1) for line in printed.splitlines())
+    import resource
+
+    assert unit_limits(properties) == {
+        "RLIMIT_NOFILE": (1024, 4096),
+        "RLIMIT_CORE": (0, resource.RLIM_INFINITY),
+    }

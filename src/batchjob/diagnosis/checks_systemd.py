@@ -8,12 +8,11 @@ pure, so that it can be tested with any settings.
 
 from __future__ import annotations
 
-import shutil
-import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 
+from batchjob.diagnosis import systemctl
 from batchjob.diagnosis.check import Facts, Finding, NotChecked, first_few, ok, warn
 
 MIN_NOFILE = 1024  # the smallest soft fd limit a job should get (systemd's own default)
@@ -69,16 +68,7 @@ def check_systemd_sandbox(facts: Facts) -> Finding:
 
 def _unit_properties() -> dict[str, str] | None:
     """`systemctl show` of the worker's unit, or None where systemd cannot be asked."""
-    if shutil.which("systemctl") is None:
-        return None
-    command = ["systemctl", "show", "-p", ",".join(SYSTEMD_PROPERTIES), SYSTEMD_UNIT]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=10, check=False)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    if done.returncode != 0:
-        return None
-    return dict(line.partition("=")[::2] for line in done.stdout.splitlines() if "=" in line)
+    return systemctl.show(SYSTEMD_UNIT, SYSTEMD_PROPERTIES)
 
 
 def sandbox_problems(

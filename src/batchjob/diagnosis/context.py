@@ -14,11 +14,11 @@ import os
 import pwd
 import resource
 import shutil
-import subprocess
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from batchjob.diagnosis import systemctl
 from batchjob.redact import mask_environment
 
 SANDBOX_PROPERTIES = (
@@ -132,23 +132,9 @@ def _read(path: Path) -> str | None:
 
 def _systemd_sandbox() -> dict[str, str] | None:
     """The unit's sandbox properties when this process runs under systemd, else None."""
-    if "INVOCATION_ID" not in os.environ or shutil.which("systemctl") is None:
-        return None
-    unit = _unit_name()
-    if unit is None:
-        return None
-    try:
-        done = subprocess.run(
-            ["systemctl", "show", "-p", ",".join(SANDBOX_PROPERTIES), unit],
-            capture_output=True,
-            text=True,
-            timeout=5,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    properties = dict(line.split("=", 1) for line in done.stdout.splitlines() if "=" in line)
-    return {"unit": unit, **properties}
+    unit = _unit_name() if "INVOCATION_ID" in os.environ else None
+    properties = systemctl.show(unit, SANDBOX_PROPERTIES) if unit is not None else None
+    return {"unit": unit, **properties} if unit is not None and properties is not None else None
 
 
 def _unit_name() -> str | None:
