@@ -11,7 +11,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,7 +184,10 @@ class Workers:
     def configure(self, text: str) -> None:
         (self.directory / "batchjob.toml").write_text(text, encoding="utf-8")
 
-    def start(self, *args: str) -> subprocess.Popen[bytes]:
+    def start(
+        self, *args: str, preexec_fn: Callable[[], None] | None = None
+    ) -> subprocess.Popen[bytes]:
+        """A worker with a systemd-like minimal env; `preexec_fn` sets a limit or a cgroup."""
         env = {
             "PATH": f"{Path(PYTHON).parent}:/usr/bin:/bin",
             "BATCH_JOB_DATABASE_URL": self.database_url,
@@ -196,6 +199,7 @@ class Workers:
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
+            preexec_fn=preexec_fn,  # noqa: PLW1509 - tests pass async-signal-safe set-ups only
         )
         self.started.append(process)
         return process

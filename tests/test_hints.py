@@ -28,7 +28,7 @@ import pytest
 from batchjob.model import FailureReason, JobStatus
 from batchjob.queue import Queue
 from batchjob.store import Store
-from conftest import BATCHJOB, Workers, wait_until
+from conftest import Workers, wait_until
 from test_worker import job_processes
 
 PYTHON = sys.executable
@@ -49,27 +49,6 @@ def database_url(tmp_path: Path) -> str:
     store.upgrade_schema()
     store.close()
     return url
-
-
-def start_worker(
-    workers: Workers, preexec_fn: Callable[[], None], *args: str
-) -> subprocess.Popen[bytes]:
-    """`Workers.start` with a set-up step in the child before exec (a limit, a cgroup)."""
-    env = {
-        "PATH": f"{Path(PYTHON).parent}:/usr/bin:/bin",
-        "BATCH_JOB_DATABASE_URL": workers.database_url,
-        "BATCH_JOB_LOG_DIR": str(workers.directory / "logs"),
-    }
-    process = subprocess.Popen(
-        [str(BATCHJOB), "worker", *args],
-        cwd=workers.directory,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=preexec_fn,  # noqa: PLW1509 - only async-signal-safe calls
-    )
-    workers.started.append(process)
-    return process
 
 
 def unavailable(message: str) -> NoReturn:
@@ -141,10 +120,9 @@ def test_too_many_open_files_gives_the_fd_peak_and_the_limit(
     workers: Workers, queue: Queue
 ) -> None:
     job = queue.enqueue([PYTHON, str(JOBS / "hint_open_files.py"), "1.5"])
-    worker = start_worker(
-        workers,
-        lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)),
+    worker = workers.start(
         "--burst",
+        preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (FD_LIMIT, FD_LIMIT)),
     )
     assert worker.wait(timeout=60) == 0
 
@@ -438,7 +416,7 @@ def test_oom_kill_by_the_kernel_is_named_with_its_evidence(
 ) -> None:
     # It grows 8 MiB each 0.05 s, so the worker samples it before the cgroup's limit is hit.
     job = queue.enqueue([PYTHON, str(JOBS / "hint_grow_memory.py"), "600", "8", "0.05"])
-    worker = start_worker(workers, joining(memory_cgroup), "--burst")
+    worker = workers.start("--burst", preexec_fn=joining(memory_cgroup))
     assert worker.wait(timeout=60) == 0
 
     stored = queue.get(job.id)
@@ -463,7 +441,7 @@ def test_an_oom_kill_before_the_first_sample_claims_no_peak_of_zero(
 ) -> None:
     # 600 MiB at once: the kernel kills the job within ~0.1 s, before the first sample (0.2 s).
     job = queue.enqueue([PYTHON, str(JOBS / "hold_memory.py"), "600", "10"])
-    worker = start_worker(workers, joining(memory_cgroup), "--burst")
+    worker = workers.start("--burst", preexec_fn=joining(memory_cgroup))
     assert worker.wait(timeout=60) == 0
 
     stored = queue.get(job.id)
