@@ -18,10 +18,6 @@ class Outage:
         self._since: float | None = None
         self._lock = threading.Lock()
 
-    @property
-    def ongoing(self) -> bool:
-        return self._since is not None
-
     def failed(self, error: Exception) -> None:
         with self._lock:
             if self._since is None:

@@ -13,6 +13,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -58,12 +59,14 @@ def execute(claimed: ClaimedJob, context: SlotContext) -> None:
     tracked = context.keeper.track(lease, control)
     control.on_progress = tracked.report
     control.on_started = lambda pid: _started(context, tracked, job.id, pid, str(log_path))
-    control.on_stall = lambda stalled, idle, pids: threading.Thread(
-        target=_stall_changed,
-        args=(context, claimed, stalled, idle, pids),
-        name=f"stall-{job.id}",
-        daemon=True,
-    ).start()
+    # Stall changes are written off the pump, one after the other in the order they happen
+    # (a diagnosis with py-spy may take seconds; "moving again" must not overtake it).
+    stall_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stall-{job.id}")
+
+    def on_stall(stalled: bool, idle: float, pids: list[int]) -> None:
+        stall_writer.submit(_stall_changed, context, claimed, stalled, idle, pids)
+
+    control.on_stall = on_stall
     spec = JobSpec(
         spawn=SpawnRequest(
             job_id=job.id,
@@ -94,6 +97,7 @@ def execute(claimed: ClaimedJob, context: SlotContext) -> None:
     finally:
         context.keeper.untrack(lease)
         context.guardian.job_ended(job.id)
+        stall_writer.shutdown(wait=True)  # its writes are fenced: before the outcome's
     _record(claimed, result, tracked, context, oom_kills_before)
 
 
