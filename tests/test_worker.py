@@ -476,3 +476,20 @@ def test_start_up_sweep_kills_processes_of_a_dead_worker_of_this_host(
         for process in (stale, other_host):
             process.kill()
             process.wait()
+
+
+def test_a_worker_with_every_slot_busy_still_rescues_orphans(
+    workers: Workers, queue: Queue
+) -> None:
+    workers.configure('[worker]\nlease_timeout = "2s"\n')
+    busy_job = queue.enqueue(["sleep", "60"])
+    busy = workers.start("--concurrency", "1")
+    wait_until(lambda: queue.get(busy_job.id).pid)
+    orphan = queue.enqueue(["sleep", "60"], retries=1)
+    doomed = workers.start("--concurrency", "1")
+    wait_until(lambda: queue.get(orphan.id).pid)
+    doomed.kill()
+    rescued = wait_until(lambda: (j := queue.get(orphan.id)).status == JobStatus.PENDING and j)
+    assert rescued.lost_attempts == 1
+    assert queue.get(busy_job.id).status == JobStatus.RUNNING, "the rescuer was the busy worker"
+    busy.kill()

@@ -154,10 +154,8 @@ class Worker:
                     min(database_failures, len(DATABASE_BACKOFF_SECONDS) - 1)
                 ]
                 database_failures += 1
-            if len(self._slots) < self.concurrency or self.burst:
-                self._wake.wait(delay)
-            else:
-                self._wake.wait()
+            # Even with every slot busy: the rescuer, heartbeat and reaper must keep running.
+            self._wake.wait(delay)
             self._wake.clear()
 
     def _start(self, claimed: ClaimedJob, context: SlotContext) -> None:
