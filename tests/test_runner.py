@@ -554,3 +554,14 @@ def test_the_peak_open_files_of_the_tree_are_recorded(tmp_path: Path) -> None:
 
     assert result.exit_code == 0
     assert result.peak_open_fds >= 200
+
+
+def test_a_job_that_closes_its_output_and_runs_on_is_still_timed_out(tmp_path: Path) -> None:
+    program = (
+        "import os, time\n"
+        "for fd in (1, 2, int(os.environ['BATCH_JOB_PROGRESS_FD'])): os.close(fd)\n"
+        "time.sleep(30)\n"
+    )
+    result = run_job(tmp_path, [sys.executable, "-c", program], timeout=1.0)
+    assert result.stopped_by == StopReason.TIMEOUT
+    assert result.signal == signal.SIGTERM

@@ -9,6 +9,7 @@ child can never block on a pipe, not even while it is being stopped.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import json
 import os
@@ -34,6 +35,7 @@ STDERR_TAIL_BYTES = 8 * 1024
 STDERR_TAIL_LINES = 10
 MAX_PROGRESS_LINE = 64 * 1024
 LOOP_SECONDS = 0.25
+EXIT = "exit"  # the selector key of the main process's pidfd
 CPU_ACTIVITY_SECONDS = 0.02  # CPU time of the tree that counts as "moving" between samples
 
 
@@ -184,14 +186,26 @@ class _Attempt:
         self.dropped_progress = 0
 
     def drive(self, pipes: Mapping[int, str]) -> None:
+        """Until the pipes are closed and the main process has exited, whichever is last.
+
+        A process that closes its output and runs on is still timed out and stopped: its
+        exit is watched through a pidfd (or polled where the kernel has none).
+        """
         selector = selectors.DefaultSelector()
         for descriptor, stream in pipes.items():
             os.set_blocking(descriptor, False)
             selector.register(descriptor, selectors.EVENT_READ, stream)
+        with contextlib.suppress(OSError, AttributeError):  # Linux >= 5.3
+            selector.register(os.pidfd_open(self.process.pid), selectors.EVENT_READ, EXIT)
         try:
-            while selector.get_map():
+            while selector.get_map() or self.process.poll() is None:
                 for key, _events in selector.select(LOOP_SECONDS):
-                    self._read(selector, key.fd, key.data)
+                    if key.data == EXIT:
+                        selector.unregister(key.fd)
+                        os.close(key.fd)
+                        self.process.poll()
+                    else:
+                        self._read(selector, key.fd, key.data)
                 self._watch(selector)
         finally:
             for key in list(selector.get_map().values()):
