@@ -37,6 +37,7 @@ __all__ = [
     "parse_duration",
     "parse_size",
     "parse_task_options",
+    "passable_text",
 ]
 
 DEFAULT_CONFIG_FILE = "batchjob.toml"
@@ -244,13 +245,20 @@ class Settings:
 # --- validators: (value, dotted key) -> checked value; each raises ConfigError("key: why") ---
 
 
-def _passable(value: object, key: str) -> str:
-    """A string the kernel can hand to a program: no NUL byte, within one argument's limit."""
+def passable_text(value: object, key: str) -> str:
+    """Text the database can store and the kernel can hand to a program.
+
+    UTF-8 (no unpaired surrogate, as undecodable bytes from a shell become), no NUL byte,
+    within the kernel's limit for one argument.
+    """
     if not isinstance(value, str):
         raise ConfigError(f"{key}: must be a string, got {_show(value)}")
     if "\0" in value:
         raise ConfigError(f"{key}: contains a NUL byte, which no program can receive")
-    size = len(value.encode("utf-8", "surrogateescape"))
+    try:
+        size = len(value.encode("utf-8"))
+    except UnicodeEncodeError:
+        raise ConfigError(f"{key}: is not valid UTF-8 text: {_show(value)}") from None
     if size > MAX_ARGUMENT_BYTES:
         raise ConfigError(
             f"{key}: is {size} bytes; a program receives at most {MAX_ARGUMENT_BYTES}"
@@ -261,7 +269,7 @@ def _passable(value: object, key: str) -> str:
 def _text(value: object, key: str) -> str:
     if not isinstance(value, str) or not value.strip():
         raise ConfigError(f"{key}: must be a non-empty string, got {_show(value)}")
-    return _passable(value, key)
+    return passable_text(value, key)
 
 
 def _bounded_text(maximum: int) -> _Validator:
@@ -353,6 +361,7 @@ def _text_table(*, env_names: bool) -> _Validator:
             item_key = _dotted(key, name)
             if env_names and (not name or "=" in name or "\0" in name):
                 raise ConfigError(f"{item_key}: not a valid environment variable name")
+            passable_text(name, item_key)
             if env_names and name.startswith(RESERVED_ENV_PREFIX):
                 raise ConfigError(
                     f"{item_key}: {RESERVED_ENV_PREFIX}* variables are set by the worker"
@@ -360,7 +369,7 @@ def _text_table(*, env_names: bool) -> _Validator:
             if isinstance(item, bool) and not env_names:
                 result[name] = "true" if item else "false"
             elif isinstance(item, str | int | float) and not isinstance(item, bool):
-                result[name] = _passable(str(item), item_key)
+                result[name] = passable_text(str(item), item_key)
             else:
                 raise ConfigError(f"{item_key}: must be {kinds}, got {_show(item)}")
         return MappingProxyType(result)
@@ -459,7 +468,7 @@ def parse_command(value: object, *, key: str = "command") -> tuple[str, ...]:
     """An argv naming a program; later arguments may be empty (e.g. printf "")."""
     if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
         raise ConfigError(f"{key}: must be a non-empty list of strings, got {_show(value)}")
-    argv = tuple(_passable(item, f"{key}[{index}]") for index, item in enumerate(value))
+    argv = tuple(passable_text(item, f"{key}[{index}]") for index, item in enumerate(value))
     _text(argv[0], f"{key}[0]")
     return argv
 

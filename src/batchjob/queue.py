@@ -24,6 +24,7 @@ from batchjob.config import (
     parse_command,
     parse_duration,
     parse_task_options,
+    passable_text,
 )
 from batchjob.errors import InvalidInput
 from batchjob.model import Event, Job, JobStatus, NewJob
@@ -31,6 +32,8 @@ from batchjob.store import Store
 
 # Our cap on a whole command with its env and params: well under the kernel's ARG_MAX.
 MAX_REQUEST_BYTES = 1024 * 1024
+# A delay every database's timestamp can still hold once added to now.
+MAX_DELAY_SECONDS = 100 * 365 * 86400
 DEFAULT_QUEUE = "default"
 
 
@@ -177,7 +180,11 @@ class Queue:
         }
         options = parse_task_options(given).merged_over(base)
         _check_size(argv, options.env, params)
-        delay = request.get("delay")
+        delay = (
+            0.0 if request.get("delay") is None else parse_duration(request["delay"], key="delay")
+        )
+        if delay > MAX_DELAY_SECONDS:
+            raise InvalidInput(f"delay: {delay:g}s is more than 100 years away")
         return NewJob(
             command=argv,
             queue=options.queue or DEFAULT_QUEUE,
@@ -188,7 +195,7 @@ class Queue:
             tags=list(options.tags),
             priority=options.priority or 0,
             max_attempts=(options.retries or 0) + 1,
-            delay=0.0 if delay is None else parse_duration(delay, key="delay"),
+            delay=delay,
             run_at=_utc(request.get("run_at")),
             unique_key=options.unique_key,
             concurrency_key=options.concurrency_key,
@@ -238,7 +245,7 @@ def _params(value: object) -> dict[str, str]:
             raise InvalidInput(f"param name {name!r} must be an identifier (letters, digits, _)")
         if isinstance(raw, bool) or not isinstance(raw, str | int | float):
             raise InvalidInput(f"param {name}: {raw!r} is not a string or number")
-        params[name] = str(raw)
+        params[name] = passable_text(str(raw), f"param {name}")
     return params
 
 
@@ -267,7 +274,7 @@ def _check_size(argv: Sequence[str], env: Mapping[str, str], params: Mapping[str
         *(f"{k}={v}" for k, v in env.items()),
         *(f"{k}={v}" for k, v in params.items()),
     ]
-    total = sum(len(piece.encode("utf-8", "surrogateescape")) for piece in pieces)
+    total = sum(len(piece.encode("utf-8")) for piece in pieces)  # already checked as UTF-8
     if total > MAX_REQUEST_BYTES:
         raise InvalidInput(
             f"command, env and params add up to {total} bytes; the limit is {MAX_REQUEST_BYTES}"

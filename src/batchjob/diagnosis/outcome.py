@@ -154,7 +154,7 @@ def _signal_name(number: int) -> str:
 
 
 def _stderr_summary(result: RunResult) -> str:
-    lines = [line[:SUMMARY_LINE_LIMIT] for line in result.stderr_tail]
+    lines = [line[:SUMMARY_LINE_LIMIT].replace("\0", "\ufffd") for line in result.stderr_tail]
     return "\n".join(lines)
 
 

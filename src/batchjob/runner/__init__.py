@@ -34,6 +34,8 @@ FIRST_SAMPLE_SECONDS = 0.2  # a job that ends sooner costs no walk of its tree
 STDERR_TAIL_BYTES = 8 * 1024
 STDERR_TAIL_LINES = 10
 MAX_PROGRESS_LINE = 64 * 1024
+MAX_PROGRESS_MESSAGE = 2000  # characters: well within MariaDB's 64 KiB TEXT in UTF-8
+INT64 = (-(2**63), 2**63 - 1)
 LOOP_SECONDS = 0.25
 EXIT = "exit"  # the selector key of the main process's pidfd
 CPU_ACTIVITY_SECONDS = 0.02  # CPU time of the tree that counts as "moving" between samples
@@ -222,7 +224,7 @@ class _Attempt:
         if not data:
             selector.unregister(descriptor)
             os.close(descriptor)
-            if stream == "progress" and self.progress_buffer:
+            if stream == "progress" and self.progress_buffer and not self.skipping_long_line:
                 self._progress_line(self.progress_buffer)
             return
         self.last_activity = time.monotonic()
@@ -373,11 +375,13 @@ class _Attempt:
                 raise ValueError("not an object")
             message = record.get("message")
             current, total = record.get("current"), record.get("total")
-            if message is not None and not isinstance(message, str):
-                message = json.dumps(message, ensure_ascii=False)
+            if message is not None:
+                message = _storable(message)
             for count in (current, total):
                 if count is not None and (isinstance(count, bool) or not isinstance(count, int)):
                     raise ValueError("counts must be integers")
+                if count is not None and not INT64[0] <= count <= INT64[1]:
+                    raise ValueError("counts must fit in 64 bits")
         except (ValueError, RecursionError):
             self.dropped_progress += 1
             if self.dropped_progress <= 3:
@@ -385,6 +389,16 @@ class _Attempt:
                 self.log.note(f"[batchjob: ignored a progress line that is not valid: {shown}]")
             return
         self.control.on_progress(message, current, total)
+
+
+def _storable(message: object) -> str:
+    """A message every database can hold: text, UTF-8, no NUL, at most a few KB."""
+    text = message if isinstance(message, str) else json.dumps(message, ensure_ascii=False)
+    # Unpaired surrogates (from \udcff escapes) and NUL become U+FFFD.
+    text = (
+        text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").replace("\0", "\ufffd")
+    )
+    return text if len(text) <= MAX_PROGRESS_MESSAGE else text[: MAX_PROGRESS_MESSAGE - 1] + "…"
 
 
 def _remove_tmpdir(tmpdir: Path) -> None:

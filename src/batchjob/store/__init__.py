@@ -29,9 +29,15 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
 
-from batchjob.errors import DuplicateJob, InvalidTransition, JobNotFound, StoreUnavailable
+from batchjob.errors import (
+    DuplicateJob,
+    InvalidInput,
+    InvalidTransition,
+    JobNotFound,
+    StoreUnavailable,
+)
 from batchjob.model import Event, FailureReason, Job, JobStatus, NewJob
 from batchjob.redact import mask_url_passwords
 from batchjob.store import dialects, health, migrations, wakeups
@@ -147,6 +153,8 @@ class Store:
                 # Not retried: a commit whose answer was lost might otherwise store a job twice.
                 stored = self._run(lambda conn: self._insert_jobs(conn, rows), retry=False)
         except IntegrityError as exc:
+            if not _is_unique_key_conflict(exc):
+                raise _refused(exc) from exc
             keys = [row["unique_key"] for row in rows if row["unique_key"] is not None]
             raise self._duplicate_error(keys) from exc
         wakeups.announce_committed(self.url)
@@ -271,6 +279,8 @@ class Store:
         try:
             return self._run(retry)
         except IntegrityError as exc:
+            if not _is_unique_key_conflict(exc):
+                raise _refused(exc) from exc
             key = self.get(job_id).unique_key
             raise self._duplicate_error([key] if key else []) from exc
 
@@ -633,6 +643,8 @@ class Store:
                 return transaction()
             except IntegrityError:
                 raise
+            except DataError as exc:
+                raise _refused(exc) from exc  # the data, not the database: never retried
             except DBAPIError as exc:
                 if delay is None or not _is_passing(exc):
                     raise self._unavailable(exc) from exc
@@ -670,6 +682,16 @@ def _fenced(lease: Lease) -> Any:
     return update(jobs).where(
         jobs.c.id == lease.job_id, jobs.c.lease_token == lease.token, jobs.c.status == RUNNING
     )
+
+
+def _is_unique_key_conflict(exc: IntegrityError) -> bool:
+    """The unique index on active_unique_key refused the row (each database words it so)."""
+    return "active_unique_key" in str(exc.orig)
+
+
+def _refused(exc: DBAPIError) -> InvalidInput:
+    """The database refused these values (out of range, too long): bad input, not an outage."""
+    return InvalidInput(f"the database refused the values: {' '.join(str(exc.orig).split())}")
 
 
 def _check_id(job_id: int) -> None:
@@ -922,8 +944,14 @@ def _event_from_row(row: Row[Any]) -> Event:
 
 
 def _json_dumps(value: Any) -> str:
-    """Store JSON as readable UTF-8 (第六竹石, not \\u7b2c...)."""
-    return json.dumps(value, ensure_ascii=False)
+    """Store JSON as readable UTF-8 (第六竹石, not \\u7b2c...), unless it holds an unpaired
+    surrogate (undecodable bytes in an inherited environment): then escape everything."""
+    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(value)
+    return text
 
 
 __all__ = ["ClaimedJob", "Lease", "Outcome", "Store", "WorkerRegistration"]

@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from batchjob.errors import StoreUnavailable
+from batchjob.errors import InvalidInput, StoreUnavailable
 from batchjob.runner import RunControl, StopReason
 from batchjob.store import Lease, Store
 from batchjob.worker.outage import Outage
@@ -80,7 +80,10 @@ class LeaseKeeper(threading.Thread):
 
     def run(self) -> None:
         while not self._stopping.wait(TICK_SECONDS):
-            self.tick(time.monotonic())
+            try:
+                self.tick(time.monotonic())
+            except Exception:  # the keeper must outlive any surprise: every lease depends on it
+                log.exception("action=lease_keeper_error")
 
     def tick(self, now: float) -> None:
         with self._lock:
@@ -95,16 +98,7 @@ class LeaseKeeper(threading.Thread):
             self._fence(tracked, now)
 
     def _tick(self, tracked: list[Tracked], now: float) -> None:
-        for job in tracked:
-            progress = job.unstored_progress()
-            if progress is not None and self.store.report_progress(job.lease, *progress):
-                job.progress_stored = progress
-        for job_id in self.store.cancel_requested([job.lease.job_id for job in tracked]):
-            with self._lock:
-                cancelled = self._jobs.get(job_id)
-            if cancelled is not None and not cancelled.control.stop_requested:
-                log.info("action=cancel_requested job_id=%d", job_id)
-                cancelled.control.request_stop(StopReason.CANCELLED)
+        """Leases first: nothing a job reports may cost another job its lease."""
         for job in tracked:
             if now - job.renewed_at < self.lease_timeout / 3:
                 continue
@@ -118,6 +112,22 @@ class LeaseKeeper(threading.Thread):
                     now - job.renewed_at,
                 )
                 job.control.request_stop(StopReason.LEASE_LOST)
+        for job_id in self.store.cancel_requested([job.lease.job_id for job in tracked]):
+            with self._lock:
+                cancelled = self._jobs.get(job_id)
+            if cancelled is not None and not cancelled.control.stop_requested:
+                log.info("action=cancel_requested job_id=%d", job_id)
+                cancelled.control.request_stop(StopReason.CANCELLED)
+        for job in tracked:
+            progress = job.unstored_progress()
+            if progress is None:
+                continue
+            try:
+                if self.store.report_progress(job.lease, *progress):
+                    job.progress_stored = progress
+            except InvalidInput as exc:  # values the database refuses: drop this report
+                job.progress_stored = progress
+                log.warning("action=progress_refused job_id=%d error=%s", job.lease.job_id, exc)
 
     def _fence(self, tracked: list[Tracked], now: float) -> None:
         """Stop jobs whose lease may expire before the database is back (self-fencing)."""
