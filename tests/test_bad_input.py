@@ -679,6 +679,7 @@ def test_a_command_that_cannot_start_fails_with_spawn_error_and_the_worker_goes_
         ), name
         explained = f"{failed.error_summary or ''} {failed.hint or ''}"
         assert why in explained, (name, explained)
+        assert "could not start the command" in (failed.hint or ""), name
         assert failed.pid is None and failed.exit_code is None, name
     assert queue.get(after.id).status == JobStatus.COMPLETED
     assert marker.read_text() == "ran\n"

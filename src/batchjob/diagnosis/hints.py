@@ -91,6 +91,16 @@ _HOME_REFUSED += r"[^']*)'"
 
 RULES: tuple[Rule, ...] = (
     Rule(
+        "spawn_error",
+        lambda facts: facts.failure_reason == FailureReason.SPAWN_ERROR,
+        lambda facts, _: (
+            "the worker could not start the command: check that the program exists on the "
+            "worker's host and is executable by the worker's user, that the job's cwd exists "
+            "there, and prefer an absolute path: under systemd the PATH is short "
+            f"(this job's PATH={facts.env.get('PATH', '(unset)')})"
+        ),
+    ),
+    Rule(
         "memory_limit",
         lambda facts: facts.failure_reason == FailureReason.MEMORY_LIMIT,
         lambda facts, _: (

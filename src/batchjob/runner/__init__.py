@@ -140,6 +140,7 @@ def run(spec: JobSpec, control: RunControl) -> RunResult:
             watch.register_main_pid(spawned.process.pid)
     except (OSError, ValueError) as exc:
         result.spawn_error = _spawn_error(spec, exc)
+        result.env = {**spec.spawn.base_env, **spec.spawn.env}  # what it would have had
         log.note(f"[batchjob: cannot start the job: {result.spawn_error}]")
         log.close()
         return result
