@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import enum
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -115,50 +115,22 @@ class Job:
 
     def to_json(self) -> dict[str, Any]:
         """The job as SPEC §7 describes it: JSON types, ISO 8601 UTC times, secrets masked."""
-        return {
-            "id": self.id,
-            "queue": self.queue,
-            "task": self.task,
-            "command": list(self.command),
-            "params": dict(self.params),
-            "env": mask_environment(self.env),
-            "cwd": self.cwd,
-            "tags": list(self.tags),
-            "status": self.status.value,
-            "priority": self.priority,
-            "attempt": self.attempt,
-            "max_attempts": self.max_attempts,
-            "unique_key": self.unique_key,
-            "concurrency_key": self.concurrency_key,
-            "max_concurrency": self.max_concurrency,
-            "timeout": self.timeout,
-            "stall_timeout": self.stall_timeout,
-            "stall_action": self.stall_action,
-            "retry_backoff": self.retry_backoff,
-            "memory_limit": self.memory_limit,
-            "progress_message": self.progress_message,
-            "progress_current": self.progress_current,
-            "progress_total": self.progress_total,
-            "created_at": _iso(self.created_at),
-            "run_at": _iso(self.run_at),
-            "started_at": _iso(self.started_at),
-            "completed_at": _iso(self.completed_at),
-            "cancel_requested_at": _iso(self.cancel_requested_at),
-            "stalled_at": _iso(self.stalled_at),
-            "exit_code": self.exit_code,
-            "signal": self.signal,
-            "failure_reason": self.failure_reason.value if self.failure_reason else None,
-            "error_summary": self.error_summary,
-            "hint": self.hint,
-            "log_path": self.log_path,
-            "worker_id": self.worker_id,
-            "pid": self.pid,
-            "lease_expires_at": _iso(self.lease_expires_at),
-            "peak_rss_bytes": self.peak_rss_bytes,
-            "peak_open_fds": self.peak_open_fds,
-            "lost_attempts": self.lost_attempts,
-            "diagnosis": dict(self.diagnosis) if self.diagnosis is not None else None,
-        }
+        data = {field.name: _plain(getattr(self, field.name)) for field in fields(self)}
+        data["env"] = mask_environment(self.env)
+        return data
+
+
+def _plain(value: Any) -> Any:
+    """A field's value as JSON has it."""
+    if isinstance(value, datetime):
+        return _iso(value)
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, Mapping):
+        return dict(value)
+    if isinstance(value, list):
+        return list(value)
+    return value
 
 
 @dataclass(frozen=True)

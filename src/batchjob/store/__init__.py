@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -879,50 +879,25 @@ def _record_events(
 
 
 def _job_from_row(row: Row[Any], diagnosis: Mapping[str, Any] | None = None) -> Job:
-    return Job(
-        id=row.id,
-        queue=row.queue,
-        task=row.task,
-        command=list(row.command),
-        status=JobStatus(row.status),
-        priority=row.priority,
-        attempt=row.attempt,
-        max_attempts=row.max_attempts,
-        created_at=row.created_at,
-        run_at=row.run_at,
-        params=row.params or {},
-        env=row.env or {},
-        cwd=row.cwd,
-        tags=list(row.tags or []),
-        unique_key=row.unique_key,
-        concurrency_key=row.concurrency_key,
-        max_concurrency=row.max_concurrency,
-        timeout=_seconds(row.timeout),
-        stall_timeout=_seconds(row.stall_timeout),
-        stall_action=row.stall_action,
-        retry_backoff=_seconds(row.retry_backoff),
-        memory_limit=row.memory_limit,
-        progress_message=row.progress_message,
-        progress_current=row.progress_current,
-        progress_total=row.progress_total,
-        started_at=row.started_at,
-        completed_at=row.completed_at,
-        cancel_requested_at=row.cancel_requested_at,
-        stalled_at=row.stalled_at,
-        exit_code=row.exit_code,
-        signal=row.signal,
-        failure_reason=FailureReason(row.failure_reason) if row.failure_reason else None,
-        error_summary=row.error_summary,
-        hint=row.hint,
-        log_path=row.log_path,
-        worker_id=row.worker_id,
-        pid=row.pid,
-        lease_expires_at=row.lease_expires_at,
-        peak_rss_bytes=row.peak_rss_bytes,
-        peak_open_fds=row.peak_open_fds,
-        lost_attempts=row.lost_attempts,
-        diagnosis=diagnosis,
+    """A Job from its row: the columns of the same names, with their Python types."""
+    values = {name: row._mapping[name] for name in _JOB_COLUMNS}
+    values.update(
+        command=list(values["command"]),
+        status=JobStatus(values["status"]),
+        failure_reason=FailureReason(values["failure_reason"])
+        if values["failure_reason"]
+        else None,
+        params=values["params"] or {},
+        env=values["env"] or {},
+        tags=list(values["tags"] or []),
+        timeout=_seconds(values["timeout"]),
+        stall_timeout=_seconds(values["stall_timeout"]),
+        retry_backoff=_seconds(values["retry_backoff"]),
     )
+    return Job(**values, diagnosis=diagnosis)
+
+
+_JOB_COLUMNS = [field.name for field in fields(Job) if field.name != "diagnosis"]
 
 
 def _seconds(value: float | None) -> float | None:
