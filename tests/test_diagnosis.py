@@ -192,7 +192,7 @@ def test_a_job_stalled_in_recv_is_diagnosed_with_port_call_and_function(
             stall_timeout="3s",
         )
         workers.start()
-        diagnosed = wait_until(lambda: (j := queue.get(job.id)).diagnosis and j, timeout=15)
+        diagnosed = wait_until(lambda: (j := queue.get(job.id)).stalled_at and j, timeout=15)
         summary = diagnosed.diagnosis["summary"]
         assert f":{port}" in summary
         assert "recvfrom()" in summary or "recv" in summary

@@ -117,7 +117,6 @@ def _stall_changed(
         return
     diagnosis = inspect_processes(pids, idle_seconds=idle)
     log.warning("action=stalled job_id=%d idle=%.0fs %s", job.id, idle, diagnosis["summary"])
-    _write(context, lambda: context.store.mark_stalled(lease, True))
     _write(context, lambda: context.store.record_event(
         job.id, "stalled", f"no output, progress or CPU for {idle:.0f}s",
         worker_id=context.worker_id,
@@ -125,6 +124,8 @@ def _stall_changed(
     _write(context, lambda: context.store.record_event(
         job.id, "diagnosis", diagnosis["summary"], data=diagnosis, worker_id=context.worker_id
     ))  # fmt: skip
+    # Marked last: whoever sees the job stalled finds its diagnosis already there.
+    _write(context, lambda: context.store.mark_stalled(lease, True))
 
 
 def _started(context: SlotContext, tracked: Tracked, job_id: int, pid: int, log_path: str) -> None:
