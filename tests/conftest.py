@@ -7,6 +7,7 @@ the test instead of skipping it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -234,3 +235,25 @@ def wait_until(condition, timeout: float = 30, interval: float = 0.1):  # type: 
             return value
         time.sleep(interval)
     raise AssertionError(f"condition not met within {timeout}s")
+
+
+@contextlib.contextmanager
+def tmpfs(directory: Path, options: str) -> Iterator[Path]:
+    """A tmpfs mounted at `directory` (e.g. "size=1m", "ro,size=1m"), unmounted afterwards.
+
+    Real small or read-only file systems need root; where the mount is refused the test is
+    skipped, and under CI=true it fails.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(directory)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        _unreachable("a tmpfs", RuntimeError(mounted.stderr.strip()))
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "-l", str(directory)], check=False)

@@ -7,7 +7,6 @@ must name it with its figures (pid, job id, both connection ids).
 
 from __future__ import annotations
 
-import contextlib
 import errno
 import io
 import json
@@ -18,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -34,7 +32,7 @@ from batchjob.model import JobStatus
 from batchjob.queue import Queue
 from batchjob.store import Store, WorkerRegistration, health
 from batchjob.worker.supervisor import MIN_FREE_LOG_BYTES
-from conftest import Workers
+from conftest import Workers, tmpfs
 
 SERVER_DATABASES = pytest.mark.parametrize("database_url", ["mariadb", "postgresql"], indirect=True)
 # Checks that describe the host's history rather than the set-up under test: a past OOM kill
@@ -189,25 +187,6 @@ def test_a_running_job_whose_pid_died_here_is_reported(queue: Queue, log_dir: Pa
     assert f"job {job.id} (worker {worker_id}) is running but its pid {pid}" in leases.message
 
 
-@contextlib.contextmanager
-def small_tmpfs(directory: Path) -> Iterator[Path]:
-    """A 4 MiB tmpfs mounted at `directory` (root only), unmounted afterwards."""
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        pytest.skip("mounting a tmpfs needs root")
-    directory.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(directory)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode(errors='replace')}")
-    try:
-        yield directory
-    finally:
-        subprocess.run(["umount", "-l", str(directory)], check=True)
-
-
 def fill(directory: Path) -> None:
     with (directory / "filler").open("wb") as filler:
         try:
@@ -219,7 +198,7 @@ def fill(directory: Path) -> None:
 
 
 def test_a_log_dir_on_a_nearly_full_filesystem_fails(tmp_path: Path) -> None:
-    with small_tmpfs(tmp_path / "small") as small:
+    with tmpfs(tmp_path / "small", "size=4m") as small:
         url = f"sqlite:///{small / 'batchjob.db'}"
         settings = Settings(database_url=url, log_dir=small / "logs")
         queue = Queue(settings=settings)

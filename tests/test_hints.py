@@ -15,7 +15,6 @@ import resource
 import shutil
 import signal
 import stat
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +27,7 @@ import pytest
 from batchjob.model import FailureReason, JobStatus
 from batchjob.queue import Queue
 from batchjob.store import Store
-from conftest import Workers, wait_until
+from conftest import Workers, tmpfs, wait_until
 from test_worker import job_processes
 
 PYTHON = sys.executable
@@ -58,27 +57,11 @@ def unavailable(message: str) -> NoReturn:
     pytest.skip(message)
 
 
-def mount_tmpfs(mountpoint: Path, options: str) -> None:
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        unavailable(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-
-
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs: a job writing 4 MiB there fills it."""
-    mountpoint = tmp_path / "full"
-    mount_tmpfs(mountpoint, "size=1m")
-    try:
+    with tmpfs(tmp_path / "full", "size=1m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
 
 
 def quoted_size(hint: str, before: str) -> tuple[float, float]:
@@ -164,14 +147,10 @@ def test_mariadb_connection_lost_points_at_wait_timeout(workers: Workers, queue:
 def test_read_only_file_system_names_the_path_and_readwritepaths(
     workers: Workers, queue: Queue, tmp_path: Path
 ) -> None:
-    read_only = tmp_path / "read-only"
-    mount_tmpfs(read_only, "ro,size=1m")
-    try:
+    with tmpfs(tmp_path / "read-only", "ro,size=1m") as read_only:
         target = read_only / "report.csv"
         job = queue.enqueue([PYTHON, str(JOBS / "hint_write_file.py"), str(target), "1"])
         assert workers.run_burst() == 0
-    finally:
-        subprocess.run(["umount", "-l", str(read_only)], check=False)
 
     stored = queue.get(job.id)
     assert (stored.status, stored.failure_reason) == (JobStatus.FAILED, FailureReason.EXIT_CODE)

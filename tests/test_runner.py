@@ -28,6 +28,7 @@ import pytest
 
 from batchjob.runner import JobSpec, RunControl, RunResult, StopReason, run, watch
 from batchjob.runner.spawn import SpawnRequest
+from conftest import tmpfs
 
 JOBS = Path(__file__).parent / "jobs"
 PYTHON = sys.executable
@@ -250,20 +251,8 @@ def test_a_capped_log_keeps_an_unbroken_tail(tmp_path: Path) -> None:
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs: the log disk fills up while the job writes."""
-    mountpoint = tmp_path / "full"
-    mountpoint.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mountpoint)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.strip()}")
-    try:
+    with tmpfs(tmp_path / "full", "size=1m") as mountpoint:
         yield mountpoint
-    finally:
-        subprocess.run(["umount", str(mountpoint)], check=True)
 
 
 def test_a_full_log_disk_truncates_the_log_with_a_marker_and_the_job_goes_on(

@@ -21,7 +21,7 @@ from sqlalchemy import create_engine, make_url, text
 
 from batchjob.model import FailureReason, JobStatus
 from batchjob.queue import Queue
-from conftest import BATCHJOB, Workers, run_cli, wait_until
+from conftest import BATCHJOB, Workers, run_cli, tmpfs, wait_until
 from tcp_proxy import TcpProxy
 
 PYTHON = sys.executable
@@ -331,16 +331,7 @@ def test_sighup_reopens_the_worker_log(workers: Workers, queue: Queue) -> None:
 def test_claiming_pauses_while_the_log_disk_is_nearly_full(
     workers: Workers, queue: Queue, tmp_path: Path
 ) -> None:
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=8m", "tmpfs", str(logs)],
-        capture_output=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs: {mounted.stderr.decode().strip()}")
-    try:
+    with tmpfs(tmp_path / "logs", "size=8m") as logs:
         job = queue.enqueue(["true"])
         worker = workers.start()
         wait_until(lambda: "action=claiming_paused" in workers.worker_log())
@@ -350,9 +341,6 @@ def test_claiming_pauses_while_the_log_disk_is_nearly_full(
         assert "action=claiming_resumed" in workers.worker_log()
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
-    finally:
-        workers.stop_all()
-        subprocess.run(["umount", "-l", str(logs)], check=False)
 
 
 @pytest.mark.parametrize("database_url", ["postgresql", "mariadb"], indirect=True)
