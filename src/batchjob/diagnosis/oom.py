@@ -7,6 +7,7 @@ kernel log (`dmesg`), which names the killed pid when it is readable.
 
 from __future__ import annotations
 
+import functools
 import re
 import subprocess
 from pathlib import Path
@@ -39,7 +40,9 @@ def oom_evidence(pid: int, count_before: int | None) -> str | None:
     return None
 
 
+@functools.cache
 def _counter_files() -> list[tuple[Path, str]]:
+    """Where this process's cgroup counts OOM kills: read once, a process stays in its cgroup."""
     files: list[tuple[Path, str]] = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
