@@ -266,10 +266,10 @@ def test_the_worker_waits_for_a_database_that_is_not_there(tmp_path: Path) -> No
     pool = Workers(f"sqlite:///{missing}", tmp_path)
     worker = pool.start()
     try:
-        time.sleep(2)
+        wait_until(lambda: "action=database_unavailable" in pool.worker_log(), timeout=15)
+        time.sleep(2)  # several more attempts to reach it
         assert worker.poll() is None, "the worker keeps waiting instead of crashing"
-        log = pool.worker_log()
-        assert log.count("action=database_unavailable") == 1
+        assert pool.worker_log().count("action=database_unavailable") == 1, "said once"
     finally:
         worker.send_signal(signal.SIGTERM)
         worker.wait(timeout=30)
@@ -392,6 +392,35 @@ def test_a_worker_cut_off_from_the_database_stops_its_job_before_the_lease_expir
         assert marker.read_text().split() == ["1", "2"]
     finally:
         proxy.close()
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_worker_whose_renewal_hangs_on_a_locked_database_still_stops_its_job_in_time(
+    workers: Workers, queue: Queue, database_url: str, tmp_path: Path
+) -> None:
+    """The lease keeper blocks in the renewal (another process holds SQLite's write lock
+    longer than the lease); the runner must still kill the job before the lease expires."""
+    workers.configure('[worker]\nlease_timeout = "3s"\n')
+    marker = tmp_path / "attempts"
+    script = f'echo "$BATCH_JOB_ATTEMPT" >> {marker}; [ "$BATCH_JOB_ATTEMPT" = 1 ] && sleep 60'
+    job = queue.enqueue(["sh", "-c", script + "; exit 0"], retries=2)
+    worker = workers.start()
+    wait_until(lambda: len(job_processes(job.id, worker)) >= 2)
+    holder = create_engine(database_url, connect_args={"timeout": 30})
+    try:
+        with holder.connect() as conn:
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+            locked_at = time.monotonic()
+            wait_until(lambda: job_processes(job.id, worker) == [], timeout=6, interval=0.1)
+            # Gone while the renewal is still stuck behind the lock, within the lease.
+            assert time.monotonic() - locked_at < 3
+            conn.exec_driver_sql("ROLLBACK")
+    finally:
+        holder.dispose()
+    assert "action=self_fence job_id=" in workers.worker_log()
+    finished = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j, timeout=30)
+    assert (finished.status, finished.attempt) == (JobStatus.COMPLETED, 2)
+    assert marker.read_text().split() == ["1", "2"]
 
 
 def test_the_worker_registers_and_records_each_attempts_evidence(

@@ -72,6 +72,10 @@ class RunControl:
         self.on_started = on_started or (lambda pid: None)
         self.on_stall = on_stall or (lambda stalled, idle, pids: None)
         self.on_output = on_output
+        self.fence_at: float | None = None
+        """Monotonic time at which the job's lease is given up: the runner kills the job then,
+        whatever the thread that renews leases is doing (stuck in a database call, say)."""
+        self.on_fenced: Callable[[], None] = lambda: None
         self._stop = threading.Event()
         self.stop_reason: StopReason | None = None
 
@@ -250,6 +254,11 @@ class _Attempt:
         if self.exited_at is None:
             if self.deadline is not None and now >= self.deadline:
                 self.control.request_stop(StopReason.TIMEOUT)
+            fence_at = self.control.fence_at
+            if fence_at is not None and now >= fence_at and not self.killed:
+                self.control.request_stop(StopReason.LEASE_LOST)
+                self.control.on_fenced()
+                self._kill_tree("the job's lease could not be renewed in time")
             if self.control.stop_requested:
                 self._stop_tree(now)
         elif now - self.exited_at >= self.spec.drain_grace and selector.get_map():
@@ -263,6 +272,10 @@ class _Attempt:
         if self.term_sent_at is None:
             self.term_sent_at = now
             self.result.stopped_by = self.control.stop_reason
+            if self.control.stop_reason == StopReason.LEASE_LOST:
+                # Another attempt may start as soon as the lease is gone: no grace period.
+                self._kill_tree("the job's lease is lost")
+                return
             reason = self.control.stop_reason.value if self.control.stop_reason else "stop"
             self.log.note(f"[batchjob: stopping the job ({reason}): SIGTERM to its processes]")
             watch.signal_all(watch.job_processes(self.process.pid, self.job_id), signal.SIGTERM)
@@ -274,6 +287,14 @@ class _Attempt:
                 f"{self.spec.kill_grace:g}s: SIGKILL]"
             )
             watch.signal_all(survivors, signal.SIGKILL)
+
+    def _kill_tree(self, why: str) -> None:
+        self.killed = True
+        if self.term_sent_at is None:
+            self.term_sent_at = time.monotonic()
+            self.result.stopped_by = self.control.stop_reason
+        self.log.note(f"[batchjob: {why}: SIGKILL to its processes]")
+        watch.signal_all(watch.job_processes(self.process.pid, self.job_id), signal.SIGKILL)
 
     def _end_leftovers(self, why: str) -> None:
         leftovers = [

@@ -389,23 +389,35 @@ class Store:
 
         return self._run(finish)
 
-    def rescue_expired(self, max_lost_attempts: int = 3) -> list[Job]:
+    def rescue_expired(
+        self,
+        max_lost_attempts: int = 3,
+        end_attempts: Callable[[list[tuple[int, str | None]]], object] | None = None,
+    ) -> list[Job]:
         """Running jobs whose lease expired by the database clock: retry or fail them.
 
         A job fails with `worker_lost` when its attempts are used up, or when it has lost its
         worker `max_lost_attempts` times: a job that kills its worker must not crash-loop
-        the fleet.
+        the fleet. `end_attempts([(job_id, worker_id), ...])` is called with the expired jobs
+        while their rows are still locked and running, so that their old attempts can be
+        ended before any worker may claim them again.
         """
 
         def rescue(conn: Connection) -> list[Job]:
             expired = select(
-                jobs.c.id, jobs.c.attempt, jobs.c.max_attempts, jobs.c.lost_attempts
+                jobs.c.id,
+                jobs.c.attempt,
+                jobs.c.max_attempts,
+                jobs.c.lost_attempts,
+                jobs.c.worker_id,
             ).where(jobs.c.status == RUNNING, jobs.c.lease_expires_at < dialects.db_now())
             if dialects.supports_skip_locked(conn):
                 expired = expired.with_for_update(skip_locked=True)
             found = conn.execute(expired).all()
             if not found:
                 return []
+            if end_attempts is not None:
+                end_attempts([(row.id, row.worker_id) for row in found])
             exhausted = {
                 row.id
                 for row in found

@@ -22,6 +22,19 @@ from sqlalchemy.sql.compiler import SQLCompiler
 from batchjob.store.schema import Moment
 
 CONNECT_TIMEOUT_SECONDS = 5
+# A cut network must not hang a worker forever in a read: MySQL drivers take a read timeout
+# (longer than any statement batchjob sends, GET_LOCK's 60 s included); libpq has none, so
+# TCP keepalives end an idle connection whose peer is gone and tcp_user_timeout one whose
+# sent data is never acknowledged.
+MYSQL_IO_TIMEOUT_SECONDS = 90
+POSTGRESQL_CONNECTION_TIMEOUTS: dict[str, Any] = {
+    "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+    "keepalives": 1,
+    "keepalives_idle": 10,
+    "keepalives_interval": 5,
+    "keepalives_count": 3,
+    "tcp_user_timeout": 30_000,
+}
 SQLITE_BUSY_TIMEOUT_SECONDS = 30
 READ_ONLY_OPTION = "batchjob_read_only"
 
@@ -84,7 +97,14 @@ def engine_options(url: URL) -> dict[str, Any]:
         "max_overflow": 10,
         "isolation_level": "READ COMMITTED",
     }
-    options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT_SECONDS}
+    if backend == "postgresql":
+        options["connect_args"] = dict(POSTGRESQL_CONNECTION_TIMEOUTS)
+    else:
+        options["connect_args"] = {
+            "connect_timeout": CONNECT_TIMEOUT_SECONDS,
+            "read_timeout": MYSQL_IO_TIMEOUT_SECONDS,
+            "write_timeout": MYSQL_IO_TIMEOUT_SECONDS,
+        }
     return options
 
 

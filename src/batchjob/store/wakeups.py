@@ -23,6 +23,8 @@ from pathlib import Path
 from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 
+from batchjob.store import dialects
+
 CHANNEL = "batchjob_jobs"
 RECONNECT_SECONDS = 2.0
 log = logging.getLogger("batchjob.worker")
@@ -119,8 +121,11 @@ def _listen_postgresql(url: URL, wake: Callable[[], None], stopping: threading.E
     conninfo = url.set(drivername="postgresql").render_as_string(hide_password=False)
     while not stopping.is_set():
         try:
-            with psycopg.connect(conninfo, autocommit=True, connect_timeout=5) as connection:
+            with psycopg.connect(
+                conninfo, autocommit=True, **dialects.POSTGRESQL_CONNECTION_TIMEOUTS
+            ) as connection:
                 connection.execute(f"LISTEN {CHANNEL}")
+                wake()  # what was enqueued while this connection was down
                 while not stopping.is_set():
                     for _notice in connection.notifies(timeout=1.0):
                         wake()

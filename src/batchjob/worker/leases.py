@@ -3,9 +3,11 @@
 One thread for all of a worker's jobs, one short tick every half second: store the latest
 progress of each job (so a job reporting 100,000 times a second costs two writes a second),
 ask which jobs were cancelled, and renew each lease a third of the way through it. A lease
-that the database refuses to renew is lost: the job is stopped at once. A lease that cannot
-be renewed because the database is unreachable is given up before it can expire (at two
-thirds of `lease_timeout`), so that no rescued job ever runs twice at the same time.
+that the database refuses to renew is lost: the job is stopped at once. A lease that has not
+been renewed for two thirds of `lease_timeout` — the database unreachable, locked, or a call
+that hangs on a stalled network — is given up before it can expire: the keeper only moves
+each job's fence forward, and the runner itself kills the job when the fence is reached, so
+a keeper stuck in a database call cannot keep a job running past its lease.
 """
 
 from __future__ import annotations
@@ -59,8 +61,16 @@ class LeaseKeeper(threading.Thread):
         self._lock = threading.Lock()
         self._stopping = threading.Event()
 
-    def track(self, lease: Lease, control: RunControl) -> Tracked:
-        tracked = Tracked(lease, control, renewed_at=time.monotonic())
+    def track(self, lease: Lease, control: RunControl, granted_at: float) -> Tracked:
+        """Keep `lease`, granted by a claim sent at `granted_at` (monotonic)."""
+        tracked = Tracked(lease, control, renewed_at=granted_at)
+        control.fence_at = self._fence_after(granted_at)
+        control.on_fenced = lambda: log.warning(
+            "action=self_fence job_id=%d unrenewed_for=%.1fs: the lease could not be renewed "
+            "(database unreachable, locked or not answering); killing the job before it expires",
+            lease.job_id,
+            time.monotonic() - tracked.renewed_at,
+        )
         with self._lock:
             self._jobs[lease.job_id] = tracked
         return tracked
@@ -95,7 +105,6 @@ class LeaseKeeper(threading.Thread):
             self.outage.succeeded()
         except StoreUnavailable as exc:
             self.outage.failed(exc)
-            self._fence(tracked, now)
 
     def _tick(self, tracked: list[Tracked], now: float) -> None:
         """Leases first: nothing a job reports may cost another job its lease."""
@@ -103,7 +112,8 @@ class LeaseKeeper(threading.Thread):
             if now - job.renewed_at < self.lease_timeout / 3:
                 continue
             if self.store.heartbeat(job.lease, self.lease_timeout, pid=job.pid):
-                job.renewed_at = now
+                job.renewed_at = now  # sent at `now` or later: the new lease ends after now+L
+                job.control.fence_at = self._fence_after(now)
             elif not job.control.stop_requested:
                 log.warning(
                     "action=lease_lost job_id=%d unrenewed_for=%.1fs: the job was rescued "
@@ -129,17 +139,6 @@ class LeaseKeeper(threading.Thread):
                 job.progress_stored = progress
                 log.warning("action=progress_refused job_id=%d error=%s", job.lease.job_id, exc)
 
-    def _fence(self, tracked: list[Tracked], now: float) -> None:
-        """Stop jobs whose lease may expire before the database is back (self-fencing)."""
-        for job in tracked:
-            if (
-                now - job.renewed_at >= self.lease_timeout * 2 / 3
-                and not job.control.stop_requested
-            ):
-                log.warning(
-                    "action=self_fence job_id=%d unrenewed_for=%.1fs: the database is "
-                    "unreachable; stopping the job before its lease expires",
-                    job.lease.job_id,
-                    now - job.renewed_at,
-                )
-                job.control.request_stop(StopReason.LEASE_LOST)
+    def _fence_after(self, renewed_at: float) -> float:
+        """When to give up a lease renewed at `renewed_at`: a third of it before it expires."""
+        return renewed_at + self.lease_timeout * 2 / 3

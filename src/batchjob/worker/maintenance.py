@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+from collections import Counter
 
 import psutil
 
@@ -63,28 +64,36 @@ class Rescuer(PeriodicService):
         self.max_lost_attempts = max_lost_attempts
 
     def run_once(self) -> list[Job]:
-        rescued = self.store.rescue_expired(self.max_lost_attempts)
+        killed: dict[str, int] = {}
+        rescued = self.store.rescue_expired(
+            self.max_lost_attempts, lambda expired: killed.update(self._end_here(expired))
+        )
         for job in rescued:
-            killed = self._kill_stale_attempt(job) if _host_of(job.worker_id) == self.host else 0
             log.warning(
                 "action=rescued job_id=%d attempt=%d previous_worker=%s status=%s "
                 "stale_processes_killed=%d",
-                job.id, job.attempt, job.worker_id, job.status, killed,
+                job.id, job.attempt, job.worker_id, job.status, killed.get(str(job.id), 0),
             )  # fmt: skip
         return rescued
 
-    @staticmethod
-    def _kill_stale_attempt(job: Job) -> int:
+    def _end_here(self, expired: list[tuple[int, str | None]]) -> dict[str, int]:
+        """SIGKILL the processes of those expired attempts that ran on this host, by job id."""
+        here = {
+            (str(job_id), worker_id)
+            for job_id, worker_id in expired
+            if worker_id is not None and _host_of(worker_id) == self.host
+        }
+        if not here:
+            return {}
         stale = [
-            process
+            (process, env["BATCH_JOB_ID"])
             for process, env in _job_processes()
-            if env.get("BATCH_JOB_ID") == str(job.id)
-            and env.get("BATCH_JOB_WORKER") == job.worker_id
+            if (env.get("BATCH_JOB_ID"), env.get("BATCH_JOB_WORKER")) in here
         ]
-        watch.signal_all(stale, signal.SIGKILL)
+        watch.signal_all([process for process, _job_id in stale], signal.SIGKILL)
         if stale:
             watch.reap_adopted()
-        return len(stale)
+        return dict(Counter(job_id for _process, job_id in stale))
 
 
 def sweep_stale_processes(host: str) -> list[str]:

@@ -50,13 +50,13 @@ class SlotContext:
     outage: Outage
 
 
-def execute(claimed: ClaimedJob, context: SlotContext) -> None:
-    """Run one claimed attempt and record how it ended."""
+def execute(claimed: ClaimedJob, context: SlotContext, granted_at: float) -> None:
+    """Run one claimed attempt and record how it ended (`granted_at`: monotonic claim time)."""
     job, lease = claimed.job, claimed.lease
     settings = context.settings
     log_path = (settings.log_dir / "jobs" / f"{job.id}.log").absolute()
     control = RunControl()
-    tracked = context.keeper.track(lease, control)
+    tracked = context.keeper.track(lease, control, granted_at)
     control.on_progress = tracked.report
     control.on_started = lambda pid: _started(context, tracked, job.id, pid, str(log_path))
     # Stall changes are written off the pump, one after the other in the order they happen

@@ -138,10 +138,11 @@ class Worker:
                     service.run_if_due(time.monotonic())
                 free = self.concurrency - len(self._slots)
                 if free > 0 and not (low_space_reported := self._log_space_low(low_space_reported)):
+                    asked_at = time.monotonic()  # the leases run from no earlier than this
                     for claimed in store.claim(
                         self.worker_id, self.queues, free, self.settings.worker.lease_timeout
                     ):
-                        self._start(claimed, context)
+                        self._start(claimed, context, asked_at)
                 if self.burst and not self._slots and not store.has_due_jobs(self.queues):
                     log.info("action=burst_done worker_id=%s", self.worker_id)
                     return
@@ -158,7 +159,7 @@ class Worker:
             self._wake.wait(delay)
             self._wake.clear()
 
-    def _start(self, claimed: ClaimedJob, context: SlotContext) -> None:
+    def _start(self, claimed: ClaimedJob, context: SlotContext, granted_at: float) -> None:
         log.info(
             "action=claimed job_id=%d attempt=%d worker_id=%s",
             claimed.job.id, claimed.job.attempt, self.worker_id,
@@ -166,7 +167,7 @@ class Worker:
 
         def work() -> None:
             try:
-                execute(claimed, context)
+                execute(claimed, context, granted_at)
             except Exception:
                 log.exception("action=slot_crashed job_id=%d", claimed.job.id)
             finally:
