@@ -109,6 +109,16 @@ def test_stale_lease_token_changes_nothing(store: Store) -> None:
     assert store.get(job.id).progress_message == "fresh"
 
 
+def test_a_rescued_job_goes_before_jobs_enqueued_after_it(store: Store) -> None:
+    (orphan,) = store.enqueue([NewJob(command=["orphan"], max_attempts=3)])
+    store.claim("w1", None, 1, lease_timeout=0.2)
+    store.enqueue([NewJob(command=["later"]) for _ in range(3)])
+    time.sleep(0.5)
+    store.rescue_expired()
+    (first,) = store.claim("w2", None, 1, lease_timeout=30)
+    assert first.job.id == orphan.id
+
+
 def test_lease_expiry_rescues_while_attempts_remain_then_fails(store: Store) -> None:
     (job,) = store.enqueue([NewJob(command=["x"], max_attempts=2)])
     store.claim("w1", None, 1, lease_timeout=1.0)

@@ -432,10 +432,11 @@ class Store:
                 "lost_attempts": jobs.c.lost_attempts + 1,
             }
             if retry := [row.id for row in found if row.id not in exhausted]:
+                # run_at is kept: a rescued job was due long ago and goes before later ones.
                 conn.execute(
                     update(jobs)
                     .where(jobs.c.id.in_(retry), still_expired)
-                    .values(status=PENDING, run_at=dialects.db_now(), **released)
+                    .values(status=PENDING, **released)
                 )
             if exhausted:
                 conn.execute(
