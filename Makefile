@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean
+.PHONY: demo test lint format clean chaos chaos-long
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,16 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/pytest -n 2 $(PYTEST_ARGS)
+
+# The fault-injection run (docs/reliability.md); `make test` runs its short form too.
+chaos: $(STAMP)
+	for database in sqlite mariadb postgresql; do \
+		$(BIN)/python -m bench.chaos --database $$database || exit 1; done
+
+chaos-long: $(STAMP)
+	for database in sqlite mariadb postgresql; do \
+		$(BIN)/python -m bench.chaos --long --database $$database \
+			--json bench/chaos-long-$$database.json || exit 1; done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

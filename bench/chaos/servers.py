@@ -165,7 +165,7 @@ class PostgresServer(_Server):
     _crash_signal = signal.SIGQUIT  # immediate shutdown: recovery from WAL at the next start
 
     def url(self, host: str, database: str = DATABASE) -> str:
-        return f"postgresql://postgres@{host}:{self.port}/{database}"
+        return f"postgresql+psycopg://postgres@{host}:{self.port}/{database}"
 
     def _initialise(self) -> None:
         initdb = _binary("/usr/lib/postgresql/*/bin/initdb")
@@ -203,7 +203,7 @@ class MariadbServer(_Server):
 
     def url(self, host: str, database: str = DATABASE) -> str:
         user = "root" if database == self._admin_database else "chaos"
-        return f"mysql://{user}@{host}:{self.port}/{database}"
+        return f"mysql+pymysql://{user}@{host}:{self.port}/{database}"
 
     def _initialise(self) -> None:
         subprocess.run(
