@@ -118,6 +118,18 @@ def descriptors(pid: int, log_dir: Path) -> Counter[str]:
     return kinds
 
 
+def sockets(pid: int) -> list[str]:
+    """A worker's sockets, each as kind, state and peer: what to look at when there are many."""
+    try:
+        found = psutil.Process(pid).net_connections(kind="all")
+    except psutil.Error as exc:
+        return [f"cannot list: {exc}"]
+    return sorted(
+        f"{connection.type.name} {connection.status} {connection.laddr} -> {connection.raddr}"
+        for connection in found
+    )
+
+
 def unexpected_descriptors(
     worker: Counter[str], control: Counter[str], database_file: str | None
 ) -> list[str]:
