@@ -119,6 +119,25 @@ def test_a_rescued_job_goes_before_jobs_enqueued_after_it(store: Store) -> None:
     assert first.job.id == orphan.id
 
 
+def test_a_rescued_attempts_late_success_is_kept_until_the_job_is_claimed_again(
+    store: Store,
+) -> None:
+    """Its worker was cut off while the job succeeded: running it again would repeat work."""
+    late, reclaimed = store.enqueue([NewJob(command=["x"], max_attempts=3)] * 2)
+    attempts = {item.job.id: item.lease for item in store.claim("w1", None, 2, 0.2)}
+    time.sleep(0.5)
+    assert {job.id for job in store.rescue_expired()} == {late.id, reclaimed.id}
+    failure = Outcome(JobStatus.PENDING, exit_code=1, retry_delay=0)
+    assert store.finish(attempts[late.id], failure) is False, "a late failure is moot"
+    assert store.finish(attempts[late.id], Outcome(JobStatus.COMPLETED, exit_code=0)) is True
+    assert (store.get(late.id).status, store.get(late.id).attempt) == (JobStatus.COMPLETED, 1)
+
+    (again,) = store.claim("w2", None, 1, 30)
+    assert again.job.id == reclaimed.id
+    assert store.finish(attempts[reclaimed.id], Outcome(JobStatus.COMPLETED, exit_code=0)) is False
+    assert store.get(reclaimed.id).status == JobStatus.RUNNING
+
+
 def test_lease_expiry_rescues_while_attempts_remain_then_fails(store: Store) -> None:
     (job,) = store.enqueue([NewJob(command=["x"], max_attempts=2)])
     store.claim("w1", None, 1, lease_timeout=1.0)

@@ -2,6 +2,8 @@
 
 Every write the worker makes after a claim is fenced by `id AND lease_token AND
 status='running'`: zero rows changed means the lease was lost, and the caller must stop.
+One exception: a rescued job keeps its last token while it waits to be claimed again, so
+that its rescued attempt's success, reported late (its worker was cut off), is still kept.
 Times come from the database clock (`db_now`), never from the caller's.
 """
 
@@ -377,6 +379,14 @@ class Store:
         else:
             raise ValueError(f"an attempt cannot finish as {outcome.status}")
         statement = _fenced(lease).values(**values)
+        if outcome.status == JobStatus.COMPLETED:
+            # Also after a rescue, until the job is claimed again: it ran to success once,
+            # and running it again would only repeat its work.
+            statement = update(jobs).values(**values).where(
+                jobs.c.id == lease.job_id,
+                jobs.c.lease_token == lease.token,
+                jobs.c.status.in_((RUNNING, PENDING)),
+            )
 
         def finish(conn: Connection) -> bool:
             if conn.execute(statement).rowcount != 1:
@@ -426,13 +436,10 @@ class Store:
             still_expired = and_(
                 jobs.c.status == RUNNING, jobs.c.lease_expires_at < dialects.db_now()
             )
-            released = {
-                "lease_token": None,
-                "lease_expires_at": None,
-                "lost_attempts": jobs.c.lost_attempts + 1,
-            }
+            released = {"lease_expires_at": None, "lost_attempts": jobs.c.lost_attempts + 1}
             if retry := [row.id for row in found if row.id not in exhausted]:
-                # run_at is kept: a rescued job was due long ago and goes before later ones.
+                # run_at is kept: a rescued job was due long ago and goes before later ones;
+                # the token too, until the next claim: see `finish`.
                 conn.execute(
                     update(jobs)
                     .where(jobs.c.id.in_(retry), still_expired)
@@ -444,6 +451,7 @@ class Store:
                     .where(jobs.c.id.in_(exhausted), still_expired)
                     .values(
                         status=JobStatus.FAILED.value,
+                        lease_token=None,
                         failure_reason=FailureReason.WORKER_LOST.value,
                         error_summary=case(
                             (
