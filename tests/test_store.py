@@ -100,7 +100,7 @@ def test_stale_lease_token_changes_nothing(store: Store) -> None:
     assert second.lease.token != first.lease.token
     before = store.get(job.id)
 
-    assert store.heartbeat(first.lease, 30, pid=1) is False
+    assert store.renew_leases([first.lease], 30) == set()
     assert store.report_progress(first.lease, "stale", 1, 2) is False
     assert store.finish(first.lease, Outcome(JobStatus.COMPLETED, exit_code=0)) is False
     assert store.get(job.id) == before
@@ -164,7 +164,7 @@ def test_a_renewed_lease_is_not_rescued(store: Store) -> None:
     (claimed,) = store.claim("w1", None, 1, lease_timeout=1.0)
     for _ in range(4):
         time.sleep(0.4)
-        assert store.heartbeat(claimed.lease, 1.0)
+        assert store.renew_leases([claimed.lease], 1.0) == {claimed.job.id}
     assert store.rescue_expired() == []
     assert store.get(claimed.job.id).status == JobStatus.RUNNING
 

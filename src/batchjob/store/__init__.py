@@ -93,6 +93,8 @@ class Outcome:
     """The last progress report not yet stored, written with the outcome."""
     evidence: Mapping[str, Any] | None = None
     """The attempt's recorded context (masked env, peaks, leftovers): an `attempt` event."""
+    started: tuple[int, str] | None = None
+    """(pid, log path) when `mark_started` did not store them (a job shorter than a tick)."""
 
 
 @dataclass(frozen=True)
@@ -339,12 +341,34 @@ class Store:
 
         return self._run(claim)
 
-    def heartbeat(self, lease: Lease, lease_timeout: float, pid: int | None = None) -> bool:
-        """Extend the lease; False means it is lost and the attempt must stop writing."""
-        values: dict[str, Any] = {"lease_expires_at": dialects.db_now_plus(lease_timeout)}
-        if pid is not None:
-            values["pid"] = pid
-        return self._fenced_update(lease, values)
+    def renew_leases(self, leases: Sequence[Lease], lease_timeout: float) -> set[int]:
+        """Extend the leases, all in one transaction (one write lock on SQLite however many
+        jobs a worker runs); returns the ids of the jobs whose lease is still held. Any other
+        lease is lost: its attempt must stop and stop writing."""
+        if not leases:
+            return set()
+        by_token: dict[str, list[int]] = {}
+        for lease in leases:
+            by_token.setdefault(lease.token, []).append(lease.job_id)
+        held = and_(
+            or_(
+                *(
+                    and_(jobs.c.lease_token == token, jobs.c.id.in_(ids))
+                    for token, ids in by_token.items()
+                )
+            ),
+            jobs.c.status == RUNNING,
+        )
+
+        def renew(conn: Connection) -> set[int]:
+            conn.execute(
+                update(jobs)
+                .where(held)
+                .values(lease_expires_at=dialects.db_now_plus(lease_timeout))
+            )
+            return set(conn.execute(select(jobs.c.id).where(held)).scalars())
+
+        return self._run(renew)
 
     def report_progress(
         self, lease: Lease, message: str | None, current: int | None, total: int | None
@@ -369,6 +393,8 @@ class Store:
             "lease_expires_at": None,
             "stalled_at": None,
         }
+        if outcome.started is not None:
+            values["pid"], values["log_path"] = outcome.started
         if outcome.progress is not None:
             message, current, total = outcome.progress
             values.update(progress_message=message, progress_current=current, progress_total=total)
@@ -382,10 +408,14 @@ class Store:
         if outcome.status == JobStatus.COMPLETED:
             # Also after a rescue, until the job is claimed again: it ran to success once,
             # and running it again would only repeat its work.
-            statement = update(jobs).values(**values).where(
-                jobs.c.id == lease.job_id,
-                jobs.c.lease_token == lease.token,
-                jobs.c.status.in_((RUNNING, PENDING)),
+            statement = (
+                update(jobs)
+                .values(**values)
+                .where(
+                    jobs.c.id == lease.job_id,
+                    jobs.c.lease_token == lease.token,
+                    jobs.c.status.in_((RUNNING, PENDING)),
+                )
             )
 
         def finish(conn: Connection) -> bool:

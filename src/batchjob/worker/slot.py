@@ -129,12 +129,9 @@ def _stall_changed(
 
 
 def _started(context: SlotContext, tracked: Tracked, job_id: int, pid: int, log_path: str) -> None:
-    tracked.pid = pid
+    """On the pump's thread: no database call here; the lease keeper stores it."""
     context.guardian.job_started(job_id, pid)
-    try:
-        context.store.mark_started(tracked.lease, pid, log_path)
-    except StoreUnavailable as exc:
-        context.outage.failed(exc)  # the lease keeper writes the pid with the next renewal
+    tracked.started = (pid, log_path)
 
 
 def _record(
@@ -194,6 +191,7 @@ def _record(
         peak_rss_bytes=result.peak_rss_bytes,
         peak_open_fds=result.peak_open_fds,
         evidence=_evidence(claimed, result),
+        started=None if tracked.started_stored else tracked.started,
     )
     if delay is not None:
         log.info(
