@@ -181,7 +181,8 @@ def test_a_running_job_whose_pid_died_here_is_reported(queue: Queue, log_dir: Pa
     worker_id = f"{socket.gethostname()}:{os.getpid()}:abc123"
     [claimed] = queue.store.claim(worker_id, None, 1, lease_timeout=60)
     pid = dead_pid()
-    queue.store.mark_started(claimed.lease, pid, str(log_dir / "jobs" / f"{job.id}.log"))
+    log_path = str(log_dir / "jobs" / f"{job.id}.log")
+    queue.store.renew_leases([claimed.lease], 30, started={claimed.lease: (pid, log_path)})
     leases = doctor(queue)["leases"]
     assert leases.status == "WARN"
     assert f"job {job.id} (worker {worker_id}) is running but its pid {pid}" in leases.message

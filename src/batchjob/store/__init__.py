@@ -94,7 +94,7 @@ class Outcome:
     evidence: Mapping[str, Any] | None = None
     """The attempt's recorded context (masked env, peaks, leftovers): an `attempt` event."""
     started: tuple[int, str] | None = None
-    """(pid, log path) when `mark_started` did not store them (a job shorter than a tick)."""
+    """(pid, log path) when `renew_leases` did not store them (a job shorter than a tick)."""
 
 
 @dataclass(frozen=True)
@@ -341,11 +341,18 @@ class Store:
 
         return self._run(claim)
 
-    def renew_leases(self, leases: Sequence[Lease], lease_timeout: float) -> set[int]:
-        """Extend the leases, all in one transaction (one write lock on SQLite however many
-        jobs a worker runs); returns the ids of the jobs whose lease is still held. Any other
-        lease is lost: its attempt must stop and stop writing."""
-        if not leases:
+    def renew_leases(
+        self,
+        leases: Sequence[Lease],
+        lease_timeout: float,
+        started: Mapping[Lease, tuple[int, str]] | None = None,
+    ) -> set[int]:
+        """Extend the leases and store the `started` jobs' (pid, log path), all in one
+        transaction: one write lock on SQLite however many jobs a worker runs. Returns the ids
+        of the jobs whose lease is still held; any other lease is lost, and its attempt must
+        stop and stop writing."""
+        started = started or {}
+        if not leases and not started:
             return set()
         by_token: dict[str, list[int]] = {}
         for lease in leases:
@@ -361,11 +368,12 @@ class Store:
         )
 
         def renew(conn: Connection) -> set[int]:
-            conn.execute(
-                update(jobs)
-                .where(held)
-                .values(lease_expires_at=dialects.db_now_plus(lease_timeout))
-            )
+            for lease, (pid, log_path) in started.items():
+                conn.execute(_fenced(lease).values(pid=pid, log_path=log_path))
+            if not leases:
+                return set()
+            expires = dialects.db_now_plus(lease_timeout)
+            conn.execute(update(jobs).where(held).values(lease_expires_at=expires))
             return set(conn.execute(select(jobs.c.id).where(held)).scalars())
 
         return self._run(renew)
@@ -442,6 +450,13 @@ class Store:
         while their rows are still locked and running, so that their old attempts can be
         ended before any worker may claim them again.
         """
+
+        # Every worker asks several times a lease: asked without taking SQLite's write lock.
+        due = select(jobs.c.id).where(
+            jobs.c.status == RUNNING, jobs.c.lease_expires_at < dialects.db_now()
+        )
+        if self._run(lambda conn: conn.execute(due.limit(1)).first() is None, read_only=True):
+            return []
 
         def rescue(conn: Connection) -> list[Job]:
             expired = select(
@@ -534,9 +549,6 @@ class Store:
     def mark_stalled(self, lease: Lease, stalled: bool) -> bool:
         """Show (or clear) that the running attempt has stopped moving."""
         return self._fenced_update(lease, {"stalled_at": dialects.db_now() if stalled else None})
-
-    def mark_started(self, lease: Lease, pid: int | None, log_path: str) -> bool:
-        return self._fenced_update(lease, {"pid": pid, "log_path": log_path})
 
     def cancel_requested(self, job_ids: Sequence[int]) -> set[int]:
         """Which of these running jobs someone asked to cancel."""

@@ -7,6 +7,8 @@ the migration lock.
 
 from __future__ import annotations
 
+import fcntl
+import os
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -122,14 +124,60 @@ def prepare_engine(engine: Engine) -> None:
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
 
+    gate = _writer_gate(engine.url.database)
+
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
         # A write transaction takes the lock up front, so a claim never fails half-way with
         # SQLITE_BUSY on upgrade; plain reads stay deferred and never wait on writers (WAL).
         if connection.get_execution_options().get(READ_ONLY_OPTION):
             connection.exec_driver_sql("BEGIN DEFERRED")
-        else:
-            connection.exec_driver_sql("BEGIN IMMEDIATE")
+            return
+        if gate is not None:
+            gate.enter(connection.info)
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    if gate is not None:
+        for ending in ("commit", "rollback"):
+            event.listen(engine, ending, lambda connection: gate.leave(connection.info))
+        event.listen(engine, "checkin", lambda _dbapi, record: gate.leave(record.info))
+        event.listen(engine, "close", lambda _dbapi, record: gate.forget(record.info))
+
+
+class _WriterGate:
+    """Writers of one SQLite file queue on an flock before BEGIN IMMEDIATE.
+
+    SQLite's own busy handler makes a waiting writer sleep and retry (up to 100 ms a time), so
+    under contention a writer can lose for seconds while others get in: a worker's lease
+    renewal among them. The kernel wakes an flock's waiter as soon as it is free.
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+    def enter(self, info: dict[str, Any]) -> None:
+        descriptor = info.get("writer_gate")
+        if descriptor is None:
+            descriptor = info["writer_gate"] = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        info["writer_gate_held"] = True
+
+    def leave(self, info: dict[str, Any]) -> None:
+        if info.pop("writer_gate_held", False):
+            fcntl.flock(info["writer_gate"], fcntl.LOCK_UN)
+
+    def forget(self, info: dict[str, Any]) -> None:
+        """The connection is closed: so is its descriptor of the gate (and any lock on it)."""
+        info.pop("writer_gate_held", None)
+        descriptor = info.pop("writer_gate", None)
+        if descriptor is not None:
+            os.close(descriptor)
+
+
+def _writer_gate(database: str | None) -> _WriterGate | None:
+    if not database or database == ":memory:" or database.startswith("file:"):
+        return None
+    return _WriterGate(f"{database}-writers")
 
 
 def recycle_below_wait_timeout(connection: Connection) -> int | None:

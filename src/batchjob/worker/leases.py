@@ -1,10 +1,10 @@
 """Keep every running job's lease, pass on its start, progress and cancellation.
 
 One thread for all of a worker's jobs, one short tick every half second: renew the leases a
-third of the way through them (all of the tick's renewals in one transaction: one write lock
-however many jobs run), store each new job's pid and log path, ask which jobs were
-cancelled, and store the latest progress of each job (so a job reporting 100,000 times a
-second costs two writes a second). A lease that the database refuses to renew is lost: the
+sixth of the way through them and store each new job's pid and log path (all in one
+transaction: one write lock however many jobs run), ask which jobs were cancelled, and
+store the latest progress of each job (so a job reporting 100,000 times a second costs two
+writes a second). A lease that the database refuses to renew is lost: the
 job is stopped at once. A lease that has not been renewed for two thirds of `lease_timeout`
 — the database unreachable, locked, or a call that hangs on a stalled network — is given up
 before it can expire: the keeper only moves each job's fence forward, and the runner itself
@@ -112,8 +112,15 @@ class LeaseKeeper(threading.Thread):
 
     def _tick(self, tracked: list[Tracked], now: float) -> None:
         """Leases first: nothing a job reports may cost another job its lease."""
-        due = [job for job in tracked if now - job.renewed_at >= self.lease_timeout / 3]
-        held = self.store.renew_leases([job.lease for job in due], self.lease_timeout)
+        due = [job for job in tracked if now - job.renewed_at >= self.lease_timeout / 6]
+        started = {
+            job.lease: job.started
+            for job in tracked
+            if job.started is not None and not job.started_stored
+        }
+        held = self.store.renew_leases([job.lease for job in due], self.lease_timeout, started)
+        for job in tracked:
+            job.started_stored = job.started_stored or job.lease in started
         for job in due:
             if job.lease.job_id in held:
                 job.renewed_at = now  # sent at `now` or later: the new lease ends after now+L
@@ -132,9 +139,6 @@ class LeaseKeeper(threading.Thread):
             if cancelled is not None and not cancelled.control.stop_requested:
                 log.info("action=cancel_requested job_id=%d", job_id)
                 cancelled.control.request_stop(StopReason.CANCELLED)
-        for job in tracked:
-            if job.started is not None and not job.started_stored:
-                job.started_stored = self.store.mark_started(job.lease, *job.started)
         for job in tracked:
             progress = job.unstored_progress()
             if progress is None:
