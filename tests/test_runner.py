@@ -554,3 +554,25 @@ def test_a_job_that_closes_its_output_and_runs_on_is_still_timed_out(tmp_path: P
     result = run_job(tmp_path, [sys.executable, "-c", program], timeout=1.0)
     assert result.stopped_by == StopReason.TIMEOUT
     assert result.signal == signal.SIGTERM
+
+
+def test_a_job_whose_lease_ran_out_before_it_started_is_not_started(tmp_path: Path) -> None:
+    """A worker frozen between the claim and the start must not run the job when it thaws:
+    another worker may be running it already."""
+    marker = tmp_path / "ran"
+    fenced: list[bool] = []
+    control = RunControl()
+    control.fence_at = time.monotonic() - 1
+    control.on_fenced = lambda: fenced.append(True)
+    result = run_job(tmp_path, ["sh", "-c", f"touch {marker}"], control=control)
+    assert (result.pid, result.stopped_by) == (None, StopReason.LEASE_LOST)
+    assert fenced == [True]
+    assert not marker.exists()
+    assert b"lease ran out before it could start" in (tmp_path / "job-1.log").read_bytes()
+
+
+def test_a_running_job_is_killed_when_its_lease_fence_passes(tmp_path: Path) -> None:
+    control = RunControl()
+    control.fence_at = time.monotonic() + 0.5
+    result = run_job(tmp_path, ["sleep", "30"], control=control)
+    assert (result.stopped_by, result.signal) == (StopReason.LEASE_LOST, signal.SIGKILL)

@@ -140,8 +140,16 @@ def run(spec: JobSpec, control: RunControl) -> RunResult:
     result = RunResult()
     try:
         with watch.spawn_lock:
+            if _fenced(control, result):  # the worker was frozen between claim and start
+                log.note("[batchjob: the job's lease ran out before it could start]")
+                log.close()
+                return result
             spawned = start(spec.spawn, spec.tmp_root)
             watch.register_main_pid(spawned.process.pid)
+            if _fenced(control, result):  # frozen while starting it: before it runs any code
+                watch.signal_all(
+                    watch.job_processes(spawned.process.pid, spec.spawn.job_id), signal.SIGKILL
+                )
     except (OSError, ValueError) as exc:
         result.spawn_error = _spawn_error(spec, exc)
         result.env = {**spec.spawn.base_env, **spec.spawn.env}  # what it would have had
@@ -164,6 +172,16 @@ def run(spec: JobSpec, control: RunControl) -> RunResult:
     return result
 
 
+def _fenced(control: RunControl, result: RunResult) -> bool:
+    """Has the lease's fence passed? Then the attempt must not run (another may already)."""
+    if control.fence_at is None or time.monotonic() < control.fence_at:
+        return False
+    control.request_stop(StopReason.LEASE_LOST)
+    control.on_fenced()
+    result.stopped_by = StopReason.LEASE_LOST
+    return True
+
+
 class _Attempt:
     """The loop of one running attempt: read, watch the clock, stop the tree when asked."""
 
@@ -181,8 +199,9 @@ class _Attempt:
         self.started = time.monotonic()
         self.deadline = None if spec.timeout is None else self.started + spec.timeout
         self.exited_at: float | None = None
-        self.term_sent_at: float | None = None
-        self.killed = False
+        # Killed already when the lease's fence passed as it started (see `run`).
+        self.killed = result.stopped_by is StopReason.LEASE_LOST
+        self.term_sent_at: float | None = self.started if self.killed else None
         self.next_sample = self.started + FIRST_SAMPLE_SECONDS
         self.stderr_tail = b""
         self.progress_buffer = b""
