@@ -82,8 +82,12 @@ class _Server:
         self.data.mkdir(mode=0o700)
         shutil.chown(self.data, self.user, self.user)
         self._initialise()
-        self._start()
-        self._create_database()
+        try:
+            self._start()
+            self._create_database()
+        except BaseException:
+            self.close()  # a server that did not come up right is not left behind
+            raise
 
     def interrupt(self, rng: random.Random) -> str:
         crash = rng.random() < 0.5
