@@ -149,11 +149,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     rng = random.Random(args.seed)
     directory = Path(tempfile.mkdtemp(prefix=f"batchjob-chaos-{args.database}-"))
     database = open_database(args.database, directory)
-    network = Namespaces(args.workers) if args.database != "sqlite" else None
+    network: Namespaces | None = None
     fleet: Fleet | None = None
     injector: Injector | None = None
     url = database.url("127.0.0.1")
     try:
+        if args.database != "sqlite":
+            network = Namespaces(args.workers)
         configure(directory, args)
         subprocess.run(
             [BATCHJOB, "init"],

@@ -28,8 +28,12 @@ class Namespaces:
         with LOCK.open("w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)
             self.net = _free_subnet()
-            for index in range(count):
-                self._make(index)
+            try:
+                for index in range(count):
+                    self._make(index)
+            except BaseException:
+                self.close()
+                raise
 
     def name(self, index: int) -> str:
         return f"bj{self.tag}w{index}"
