@@ -147,6 +147,7 @@ def run(spec: JobSpec, control: RunControl) -> RunResult:
             spawned = start(spec.spawn, spec.tmp_root)
             watch.register_main_pid(spawned.process.pid)
             if _fenced(control, result):  # frozen while starting it: before it runs any code
+                spawned.process.kill()  # at once; then whatever it may have started
                 watch.signal_all(
                     watch.job_processes(spawned.process.pid, spec.spawn.job_id), signal.SIGKILL
                 )
