@@ -340,6 +340,8 @@ class _Attempt:
     def _sample(self, now: float) -> None:
         processes = watch.job_processes(self.process.pid, self.job_id)
         tree = watch.sample(processes)
+        if tree.rss_bytes == 0:  # gone, zombies, or exiting (memory already freed): no figure
+            return
         result = self.result
         if tree.fd_limit is not None:
             result.fd_limit = tree.fd_limit
