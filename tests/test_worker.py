@@ -19,7 +19,7 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
-from batchjob.model import FailureReason, JobStatus
+from batchjob.model import FailureReason, Job, JobStatus
 from batchjob.queue import Queue
 from conftest import BATCHJOB, Workers, run_cli, tmpfs, wait_until
 from tcp_proxy import TcpProxy
@@ -368,6 +368,13 @@ def test_a_job_that_ends_while_the_database_is_away_is_recorded_when_it_is_back(
         proxy.close()
 
 
+def enqueue_a_job_that_hangs_on_its_first_attempt(queue: Queue, tmp_path: Path) -> tuple[Path, Job]:
+    """A job that sleeps 60 s on attempt 1 and succeeds on attempt 2; `marker` lists attempts."""
+    marker = tmp_path / "attempts"
+    script = f'echo "$BATCH_JOB_ATTEMPT" >> {marker}; [ "$BATCH_JOB_ATTEMPT" = 1 ] && sleep 60'
+    return marker, queue.enqueue(["sh", "-c", script + "; exit 0"], retries=2)
+
+
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_worker_cut_off_from_the_database_stops_its_job_before_the_lease_expires(
     workers: Workers, queue: Queue, database_url: str, tmp_path: Path
@@ -377,9 +384,7 @@ def test_a_worker_cut_off_from_the_database_stops_its_job_before_the_lease_expir
     try:
         workers.database_url = url.set(port=proxy.port).render_as_string(hide_password=False)
         workers.configure('[worker]\nlease_timeout = "3s"\n')
-        marker = tmp_path / "attempts"
-        script = f'echo "$BATCH_JOB_ATTEMPT" >> {marker}; [ "$BATCH_JOB_ATTEMPT" = 1 ] && sleep 60'
-        job = queue.enqueue(["sh", "-c", script + "; exit 0"], retries=2)
+        marker, job = enqueue_a_job_that_hangs_on_its_first_attempt(queue, tmp_path)
         worker = workers.start()
         wait_until(lambda: len(job_processes(job.id, worker)) >= 2)
         proxy.cut()
@@ -401,9 +406,7 @@ def test_a_worker_whose_renewal_hangs_on_a_locked_database_still_stops_its_job_i
     """The lease keeper blocks in the renewal (another process holds SQLite's write lock
     longer than the lease); the runner must still kill the job before the lease expires."""
     workers.configure('[worker]\nlease_timeout = "3s"\n')
-    marker = tmp_path / "attempts"
-    script = f'echo "$BATCH_JOB_ATTEMPT" >> {marker}; [ "$BATCH_JOB_ATTEMPT" = 1 ] && sleep 60'
-    job = queue.enqueue(["sh", "-c", script + "; exit 0"], retries=2)
+    marker, job = enqueue_a_job_that_hangs_on_its_first_attempt(queue, tmp_path)
     worker = workers.start()
     wait_until(lambda: len(job_processes(job.id, worker)) >= 2)
     holder = create_engine(database_url, connect_args={"timeout": 30})
