@@ -237,6 +237,49 @@ def test_bulk_enqueue_is_all_or_nothing(store: Store) -> None:
     assert [job.id for job in stored] == sorted(job.id for job in stored)
 
 
+def _enqueue_batches(url: str, tag: str, start_at: float) -> list[tuple[int, str]]:
+    """One of several processes enqueueing in bulk at once: (id, command[1]) of each job."""
+    store = Store(url)
+    while time.time() < start_at:
+        time.sleep(0.005)
+    stored = []
+    for batch in range(20):
+        jobs = store.enqueue([NewJob(command=["x", f"{tag}-{batch}-{n}"]) for n in range(25)])
+        stored += [(job.id, job.command[1]) for job in jobs]
+    store.close()
+    return stored
+
+
+def test_enqueue_returns_the_jobs_as_stored_even_when_bulk_enqueues_race(
+    store: Store, database_url: str
+) -> None:
+    run_at = datetime(2031, 1, 2, 3, 4, 5, 678000)
+    given = [
+        NewJob(command=["python", "sync.py", JAPANESE]),
+        NewJob(
+            command=["report", "--month", "11"], queue="同期", task=None, env={"A": JAPANESE},
+            tags=["x", JAPANESE], priority=-3, max_attempts=4, delay=60.0, unique_key="k1",
+            concurrency_key="crm", max_concurrency=2, timeout=12.5, stall_timeout=30.0,
+            stall_action="kill", retry_backoff=0.0, memory_limit=1 << 30, cwd="/srv/app",
+        ),
+        NewJob(command=["later"], run_at=run_at, params={"p": "1"}),
+    ]  # fmt: skip
+    for returned in (store.enqueue(given), store.enqueue(given[:1])):
+        assert returned == [store.get(job.id) for job in returned]
+    assert store.get(store.enqueue(given[2:])[0].id).run_at == run_at
+
+    context = multiprocessing.get_context("spawn")
+    with context.Pool(3) as pool:
+        results = pool.starmap(
+            _enqueue_batches, [(database_url, tag, time.time() + 2) for tag in "abc"]
+        )
+    returned = [pair for result in results for pair in result]
+    assert len(returned) == 3 * 20 * 25
+    stored = {job.id: job.command[-1] for job in store.list_jobs(limit=5000)}
+    assert all(stored[job_id] == label for job_id, label in returned)
+    assert len(set(returned)) == len(returned)
+
+
 def test_enqueue_joins_the_applications_transaction(queue: Queue, database_url: str) -> None:
     engine = create_engine(database_url)
     with engine.begin() as conn:

@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 from batchjob.config import (
     TASK_OPTION_NAMES,
     Settings,
+    TaskOptions,
     load_settings,
     parse_command,
     parse_duration,
@@ -35,6 +36,7 @@ MAX_REQUEST_BYTES = 1024 * 1024
 # A delay every database's timestamp can still hold once added to now.
 MAX_DELAY_SECONDS = 100 * 365 * 86400
 DEFAULT_QUEUE = "default"
+OPTIONS_CACHE_SIZE = 256
 
 
 class Queue:
@@ -43,6 +45,7 @@ class Queue:
     def __init__(self, url: str | None = None, *, settings: Settings | None = None) -> None:
         self.settings = settings if settings is not None else load_settings(database_url=url)
         self.store = Store(url or self.settings.database_url)
+        self._resolved_options: dict[object, TaskOptions] = {}
 
     def close(self) -> None:
         self.store.close()
@@ -154,6 +157,27 @@ class Queue:
 
     # ---- resolution -------------------------------------------------------------------
 
+    def _options(
+        self, task_name: str | None, given: Mapping[str, Any], base: TaskOptions
+    ) -> TaskOptions:
+        """The job's options over its task's and the defaults, parsed once per distinct set.
+
+        A bulk enqueue repeats the same few options thousands of times; checking them again
+        for each job was a fifth of `enqueue_many`'s time.
+        """
+        key = (task_name, _frozen(given))
+        try:
+            return self._resolved_options[key]
+        except KeyError:
+            pass
+        except TypeError:  # a value that cannot be a key: it is checked (and refused) below
+            return parse_task_options(given).merged_over(base)
+        options = parse_task_options(given).merged_over(base)
+        if len(self._resolved_options) >= OPTIONS_CACHE_SIZE:
+            self._resolved_options.clear()
+        self._resolved_options[key] = options
+        return options
+
     def _resolve(self, request: Mapping[str, Any]) -> NewJob:
         unknown = set(request) - _REQUEST_KEYS
         if unknown:
@@ -178,7 +202,7 @@ class Queue:
             for name, value in request.items()
             if name in TASK_OPTION_NAMES and value is not None
         }
-        options = parse_task_options(given).merged_over(base)
+        options = self._options(task_name, given, base)
         _check_size(argv, options.env, params)
         delay = (
             0.0 if request.get("delay") is None else parse_duration(request["delay"], key="delay")
@@ -247,6 +271,15 @@ def _params(value: object) -> dict[str, str]:
             raise InvalidInput(f"param {name}: {raw!r} is not a string or number")
         params[name] = passable_text(str(raw), f"param {name}")
     return params
+
+
+def _frozen(value: object) -> object:
+    """`value` as a dict key; the type is part of it (1, 1.0 and True are checked apart)."""
+    if isinstance(value, Mapping):
+        return (dict, tuple((name, _frozen(item)) for name, item in value.items()))
+    if isinstance(value, list | tuple):
+        return (list, tuple(_frozen(item) for item in value))
+    return (type(value), value)
 
 
 def _utc(value: object) -> datetime | None:

@@ -616,23 +616,29 @@ class Store:
     # ---- internals ------------------------------------------------------------------------
 
     def _insert_jobs(self, conn: Connection, rows: list[dict[str, Any]]) -> list[Job]:
+        """Insert; the jobs are built from what was sent and what the database set."""
         wakeups.announce_in_transaction(conn, self.url)
-        statement = insert(jobs).values(
-            created_at=dialects.db_now(),
-            run_at=func.coalesce(
-                bindparam("run_at_given", type_=Moment),
-                dialects.db_now_plus(bindparam("delay_seconds")),
-            ),
-        )
-        if conn.dialect.insert_executemany_returning_sort_by_parameter_order or (
+        if conn.dialect.name == "sqlite" and len(rows) > 1:
+            # SQLAlchemy sends many rows with RETURNING to SQLite one statement each (SQLite does
+            # not promise RETURNING's order); one executemany is five times faster. This
+            # transaction holds SQLite's only write lock, so the rows get consecutive ids.
+            conn.execute(_INSERT_JOB, rows)
+            last = conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+            assigned = conn.execute(
+                select(*_ASSIGNED).where(jobs.c.id > last - len(rows)).order_by(jobs.c.id)
+            ).all()
+        elif conn.dialect.insert_executemany_returning_sort_by_parameter_order or (
             len(rows) == 1 and conn.dialect.insert_returning
         ):
-            result = conn.execute(statement.returning(*jobs.c, sort_by_parameter_order=True), rows)
-            return [_job_from_row(row) for row in result]
-        # No RETURNING for many rows here (MySQL 8): insert one by one, still one transaction.
-        ids = [conn.execute(statement, row).lastrowid for row in rows]
-        by_id = {row.id: row for row in conn.execute(select(jobs).where(jobs.c.id.in_(ids)))}
-        return [_job_from_row(by_id[job_id]) for job_id in ids]
+            assigned = conn.execute(_INSERT_JOB_RETURNING, rows).all()
+        else:
+            # No RETURNING for many rows here (MySQL 8): insert one by one, still one transaction.
+            ids = [conn.execute(_INSERT_JOB, row).lastrowid for row in rows]
+            by_id = {
+                row.id: row for row in conn.execute(select(*_ASSIGNED).where(jobs.c.id.in_(ids)))
+            }
+            assigned = [by_id[job_id] for job_id in ids]
+        return [_new_job(row, values) for row, values in zip(rows, assigned, strict=True)]
 
     def _duplicate_error(self, keys: list[str]) -> DuplicateJob:
         if not keys:
@@ -884,6 +890,31 @@ def _insert_parameters(new_job: NewJob) -> dict[str, Any]:
     }
 
 
+_INSERT_JOB = insert(jobs).values(
+    created_at=dialects.db_now(),
+    run_at=func.coalesce(
+        bindparam("run_at_given", type_=Moment), dialects.db_now_plus(bindparam("delay_seconds"))
+    ),
+)
+# Only what the database sets comes back: decoding every JSON column of every new row again
+# was a quarter of a bulk enqueue's time.
+_ASSIGNED = (jobs.c.id, jobs.c.created_at, jobs.c.run_at)
+_INSERT_JOB_RETURNING = _INSERT_JOB.returning(*_ASSIGNED, sort_by_parameter_order=True)
+_NOT_JOB_FIELDS = ("run_at_given", "delay_seconds", "active_unique_key")
+
+
+def _new_job(parameters: Mapping[str, Any], assigned: Row[Any, Any, Any]) -> Job:
+    """The Job just inserted with `parameters`, as `get` would read it back."""
+    values = {name: value for name, value in parameters.items() if name not in _NOT_JOB_FIELDS}
+    values.update(
+        status=JobStatus(values["status"]),
+        id=assigned.id,
+        created_at=assigned.created_at,
+        run_at=assigned.run_at,
+    )
+    return Job(**values)
+
+
 def _reject_duplicate_keys_within(new_jobs: Sequence[NewJob]) -> None:
     seen: set[str] = set()
     for new_job in new_jobs:
@@ -984,6 +1015,8 @@ def _event_from_row(row: Row[Any]) -> Event:
 def _json_dumps(value: Any) -> str:
     """Store JSON as readable UTF-8 (第六竹石, not \\u7b2c...), unless it holds an unpaired
     surrogate (undecodable bytes in an inherited environment): then escape everything."""
+    if not value and isinstance(value, dict | list):
+        return "{}" if isinstance(value, dict) else "[]"  # most params, env and tags
     text = json.dumps(value, ensure_ascii=False)
     try:
         text.encode("utf-8")
