@@ -283,6 +283,10 @@ class Peer:
         """Variables the worker needs beyond run.py's BENCH_PEERS_* settings."""
         return {}
 
+    def records(self, marker: Path) -> list[Record]:
+        """What the jobs of `marker` have recorded so far: the task bodies' record file."""
+        return read_records(marker)
+
     def close(self) -> None:
         """Close the client connections opened by enqueue."""
 

@@ -61,6 +61,9 @@ PEERS: dict[str, tuple[str, str]] = {
     "rq-simple": ("rq_peer", "RqSimplePeer"),
     "procrastinate": ("procrastinate_peer", "ProcrastinatePeer"),
     "pgqueuer": ("pgqueuer_peer", "PgqueuerPeer"),
+    "batchjob-sqlite": ("batchjob_peer", "BatchjobSqlitePeer"),
+    "batchjob-mariadb": ("batchjob_peer", "BatchjobMariadbPeer"),
+    "batchjob-postgresql": ("batchjob_peer", "BatchjobPostgresqlPeer"),
 }
 PYTHON_PASS = [sys._base_executable, "-c", "pass"]  # the interpreter itself, not a pyenv shim
 BIN_TRUE = ["/bin/true"]
@@ -135,11 +138,11 @@ class Bench:
         )
 
     def wait(
-        self, marker: Path, count: int, worker: WorkerProcess, timeout: float
+        self, peer: Peer, marker: Path, count: int, worker: WorkerProcess, timeout: float
     ) -> list[common.Record]:
         deadline = time.monotonic() + timeout
         while True:
-            records = read_records(marker)
+            records = peer.records(marker)
             if len(records) >= count:
                 return records
             worker.check_alive()
@@ -187,7 +190,7 @@ class Bench:
         worker = self.worker(peer, label)
         worker.start()
         try:
-            records = self.wait(marker, count, worker, timeout=60 + count * 0.25)
+            records = self.wait(peer, marker, count, worker, timeout=60 + count * 0.25)
         finally:
             worker.stop()
         peer.reset()
@@ -204,7 +207,7 @@ class Bench:
         sent: dict[int, float] = {}
         try:
             peer.enqueue(JobSpec(str(marker), -1, []))
-            self.wait(marker, 1, worker, timeout=60)
+            self.wait(peer, marker, 1, worker, timeout=60)
             time.sleep(SETTLE_SECONDS)
             pids = worker.pids()
             rss_kib, pss_kib = common.memory_kib(pids)
@@ -214,7 +217,7 @@ class Bench:
                 sent[index] = time.time()
                 peer.enqueue(JobSpec(str(marker), index, []))
                 time.sleep(max(0.0, first + (index + 1) * gap - time.monotonic()))
-            records = self.wait(marker, self.args.latency_jobs + 1, worker, timeout=60)
+            records = self.wait(peer, marker, self.args.latency_jobs + 1, worker, timeout=60)
         finally:
             worker.stop()
         peer.reset()
