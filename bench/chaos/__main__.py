@@ -41,7 +41,7 @@ SHORT = {
 }  # fmt: skip
 LONG = {
     "workers": 8, "jobs": 20_000, "concurrency": 12, "faults": 40, "lease": 3.0, "tick": 0.25,
-    "length": (1.05, 1.25), "spread": 1.5,
+    "length": (1.05, 1.25), "spread": 1.0,
 }  # fmt: skip
 
 
