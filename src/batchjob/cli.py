@@ -10,13 +10,10 @@ import json
 import sys
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from functools import cached_property
-from typing import Any
+from functools import cache, cached_property
+from typing import TYPE_CHECKING, Any
 
 import click
-from rich.console import Console
-from rich.markup import escape
-from rich.table import Table
 
 from batchjob import __version__
 from batchjob.config import Settings, load_settings
@@ -33,9 +30,25 @@ STATUS_STYLES = {
     JobStatus.CANCELLED: "magenta",
 }
 
-# In a pipe, let rows run as wide as they need instead of wrapping at 80 columns.
-stdout = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
-stderr = Console(stderr=True)
+if TYPE_CHECKING:
+    from rich.console import Console
+
+
+# Rich is imported on first output, not at start-up: `batchjob worker` prints nothing with it
+# and an idle worker's memory is the price of everything it imported (Rich: 5.6 MiB).
+@cache
+def stdout() -> Console:
+    """In a pipe, rows run as wide as they need instead of wrapping at 80 columns."""
+    from rich.console import Console
+
+    return Console(soft_wrap=True, width=None if sys.stdout.isatty() else 10_000)
+
+
+@cache
+def stderr() -> Console:
+    from rich.console import Console
+
+    return Console(stderr=True)
 
 
 class CliContext:
@@ -95,9 +108,9 @@ def init(context: CliContext) -> None:
     (context.settings.log_dir / "jobs").mkdir(parents=True, exist_ok=True)
     where = context.queue.store.display_url
     if previous == current:
-        stdout.print(f"schema is up to date (version {current}) in {where}", highlight=False)
+        stdout().print(f"schema is up to date (version {current}) in {where}", highlight=False)
     else:
-        stdout.print(
+        stdout().print(
             f"schema upgraded from version {previous} to {current} in {where}", highlight=False
         )
 
@@ -214,6 +227,9 @@ def list_jobs(
     if as_json:
         _print_json([job.to_json() for job in jobs])
         return
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("ID", "STATUS", "QUEUE", "JOB", "TRY", "PROGRESS", "CREATED", "REASON"):
         table.add_column(column, overflow="fold")
@@ -228,7 +244,7 @@ def list_jobs(
             _when(job.created_at),
             job.failure_reason.value if job.failure_reason else "",
         )
-    stdout.print(table)
+    stdout().print(table)
 
 
 @cli.command()
@@ -242,6 +258,9 @@ def show(context: CliContext, job_id: int, as_json: bool) -> None:
         _print_json(job.to_json())
         return
     fields = job.to_json()
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table.grid(padding=(0, 2))
     table.add_column(style="bold")
     table.add_column(overflow="fold")
@@ -252,12 +271,12 @@ def show(context: CliContext, job_id: int, as_json: bool) -> None:
         table.add_row(name, shown)
     if job.diagnosis is not None:
         table.add_row("diagnosis", escape(str(job.diagnosis.get("summary", ""))))
-    stdout.print(table)
+    stdout().print(table)
     history = context.queue.events(job_id)
     if history:
-        stdout.print("\n[bold]events[/bold]")
+        stdout().print("\n[bold]events[/bold]")
         for event in history:
-            stdout.print(
+            stdout().print(
                 f"  {_when(event.at)}  {event.kind:<16} {event.message}",
                 highlight=False,
                 markup=False,
@@ -297,6 +316,8 @@ def stats(context: CliContext, as_json: bool) -> None:
         _print_json({"queues": counts, "totals": _totals(counts)})
         return
     statuses = [status.value for status in JobStatus]
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold", pad_edge=False)
     table.add_column("QUEUE")
     for status in statuses:
@@ -304,7 +325,7 @@ def stats(context: CliContext, as_json: bool) -> None:
     rows = {**counts, "(all)": _totals(counts)} if counts else {}
     for queue, by_status in rows.items():
         table.add_row(queue, *(str(by_status.get(status, 0)) for status in statuses))
-    stdout.print(table)
+    stdout().print(table)
 
 
 @cli.command()
@@ -351,8 +372,8 @@ def wait(context: CliContext, job_id: int) -> None:
 def _wait_and_exit(context: CliContext, job_id: int) -> None:
     from batchjob.follow import wait_with_progress
 
-    job = wait_with_progress(context.queue, job_id, console=stderr)
-    stderr.print(_ending(job), highlight=False, markup=False)
+    job = wait_with_progress(context.queue, job_id, console=stderr())
+    stderr().print(_ending(job), highlight=False, markup=False)
     sys.exit(0 if job.status == JobStatus.COMPLETED else EXIT_JOB_FAILED)
 
 
@@ -379,15 +400,15 @@ def diagnose(context: CliContext, job_id: int, as_json: bool) -> None:
     if as_json:
         _print_json(diagnosis)
         return
-    stdout.print(diagnosis["summary"], highlight=False, markup=False)
+    stdout().print(diagnosis["summary"], highlight=False, markup=False)
     for process in diagnosis.get("processes", []):
         waits = process.get("blocked_on") or ""
         line = f"  pid {process['pid']} {process.get('state', '')} {process.get('syscall') or ''}"
-        stdout.print(
+        stdout().print(
             f"{line} {waits} — {process.get('command', '')}", highlight=False, markup=False
         )
         for frame in process.get("python_stack") or []:
-            stdout.print(f"      {frame}", highlight=False, markup=False)
+            stdout().print(f"      {frame}", highlight=False, markup=False)
 
 
 @cli.command(name="env-diff")
@@ -408,6 +429,9 @@ def env_diff(context: CliContext, job_id: int, as_json: bool) -> None:
     if as_json:
         _print_json([difference.to_json() for difference in found])
         return
+    from rich.markup import escape
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold", pad_edge=False)
     for column in ("WHAT", f"JOB {job_id} (attempt {recorded[-1].attempt})", "THIS SHELL"):
         table.add_column(column, overflow="fold")
@@ -416,7 +440,7 @@ def env_diff(context: CliContext, job_id: int, as_json: bool) -> None:
         table.add_row(
             escape(difference.what), escape(difference.job), escape(difference.here), style=style
         )
-    stdout.print(table)
+    stdout().print(table)
 
 
 @cli.command(name="run", context_settings={"ignore_unknown_options": True})
@@ -440,7 +464,9 @@ def doctor(context: CliContext, as_json: bool, probe: bool) -> None:
     """Check the database, workers, leases, limits, disks and sandbox; exit 1 on any FAIL."""
     from batchjob.diagnosis.doctor import run_doctor
 
-    sys.exit(run_doctor(context.settings, context.queue, as_json=as_json, probe=probe, out=stdout))
+    sys.exit(
+        run_doctor(context.settings, context.queue, as_json=as_json, probe=probe, out=stdout())
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> None:

@@ -22,8 +22,6 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from croniter import croniter
-
 from batchjob.errors import ConfigError, UnknownTask
 
 __all__ = [
@@ -378,6 +376,8 @@ def _text_table(*, env_names: bool) -> _Validator:
 
 
 def _cron(value: object, key: str) -> str:
+    from croniter import croniter  # 5.7 MiB with dateutil: only where schedules are declared
+
     expression = _text(value, key).strip()
     if len(expression.split()) not in (5, 6) or not croniter.is_valid(expression):
         raise ConfigError(

@@ -1,37 +1,43 @@
 """A job's processes never outlive their worker, however the worker dies.
 
-At start-up, before any thread or connection exists, the worker forks a small guardian that
-holds the read end of a pipe. The worker tells it which jobs run (`+<job_id> <pid>`) and
-which ended (`-<job_id>`). When the worker dies — SIGKILL, the OOM killer, a crash — the
-kernel closes the pipe, the guardian reads EOF and kills every process of the jobs still
-listed: those in the job's session and those carrying its BATCH_JOB_ID with this worker's
-BATCH_JOB_WORKER (a double-forked daemon included; another worker's jobs never). A clean
-exit closes the pipe too, with no job listed.
+At start-up the worker starts a small guardian process that holds the read end of a pipe.
+The worker tells it which jobs run (`+<job_id> <pid>`) and which ended (`-<job_id>`). When
+the worker dies — SIGKILL, the OOM killer, a crash — the kernel closes the pipe, the
+guardian reads EOF and kills every process of the jobs still listed: those in the job's
+session and those carrying its BATCH_JOB_ID with this worker's BATCH_JOB_WORKER (a
+double-forked daemon included; another worker's jobs never). A clean exit closes the pipe
+too, with no job listed.
+
+The guardian is this file run by a fresh interpreter, not a fork of the worker: a fork would
+keep a copy of everything the worker imported (SQLAlchemy alone is 28 MiB of RSS) for a
+process that only reads a pipe. So this module imports nothing of batchjob.
 """
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
+import subprocess
+import sys
 import threading
-
-import psutil
 
 
 class Guardian:
     """The worker's end of the pipe to its guardian process."""
 
     def __init__(self, worker_id: str) -> None:
-        read_end, write_end = os.pipe()
-        pid = os.fork()
-        if pid == 0:  # the guardian
-            os.close(write_end)
-            _guard(read_end, worker_id)
-            os._exit(0)
-        os.close(read_end)
-        os.set_inheritable(write_end, False)
-        self.pid = pid
+        read_end, write_end = os.pipe2(os.O_CLOEXEC)
+        try:
+            # Its own session: a Ctrl-C in the worker's terminal is not for the guardian.
+            self._process = subprocess.Popen(
+                [sys.executable, "-I", __file__, worker_id],
+                stdin=read_end,
+                stdout=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            os.close(read_end)
+        self.pid = self._process.pid
         self._pipe = write_end
         self._lock = threading.Lock()
 
@@ -47,8 +53,7 @@ class Guardian:
             if self._pipe >= 0:
                 os.close(self._pipe)
                 self._pipe = -1
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(self.pid, 0)
+        self._process.wait()
 
     def _send(self, line: str) -> None:
         with self._lock:
@@ -83,6 +88,8 @@ def _guard(read_end: int, worker_id: str) -> None:
 
 
 def _kill_jobs(running: dict[str, int], worker_id: str) -> None:
+    import psutil  # only now: an idle guardian stays the size of a bare interpreter
+
     sessions = set(running.values())
     job_ids = set(running)
     me = os.getpid()
@@ -98,3 +105,7 @@ def _kill_jobs(running: dict[str, int], worker_id: str) -> None:
                 process.kill()
         except (psutil.Error, OSError):
             continue
+
+
+if __name__ == "__main__":
+    _guard(sys.stdin.fileno(), sys.argv[1])

@@ -75,7 +75,7 @@ class Worker:
         """Work until stopped (or, with burst, until nothing is due); returns the exit code."""
         reserve_progress_fd()  # before anything else takes the low descriptor numbers
         self._open_log()
-        guardian = Guardian(self.worker_id)  # first: before any thread or connection exists
+        guardian = Guardian(self.worker_id)
         subreaper = watch.become_subreaper()
         store = Store(self.settings.database_url)
         worker = self.settings.worker
