@@ -294,6 +294,20 @@ def test_enqueue_wait_exits_with_the_jobs_outcome(workers: Workers, tmp_path: Pa
     assert again.returncode == 1
 
 
+def test_an_enqueue_wakes_an_idle_worker_long_before_its_next_poll(
+    workers: Workers, queue: Queue, tmp_path: Path
+) -> None:
+    workers.configure('[worker]\npoll_interval = "120s"\n')
+    first = queue.enqueue(["true"])  # taken by the worker's first claim, at start
+    workers.start()
+    assert queue.wait(first.id, timeout=30).status == JobStatus.COMPLETED
+    env = {"BATCH_JOB_DATABASE_URL": workers.database_url}
+    enqueued = run_cli("enqueue", "--", "true", cwd=tmp_path, env=env)  # as an application would
+    assert enqueued.returncode == 0, enqueued.stderr
+    woken = queue.wait(int(enqueued.stdout), timeout=60)  # half the poll interval
+    assert woken.status == JobStatus.COMPLETED
+
+
 def test_logs_follow_prints_until_the_job_ends(
     workers: Workers, queue: Queue, tmp_path: Path
 ) -> None:

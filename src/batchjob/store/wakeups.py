@@ -1,10 +1,12 @@
 """Wake idle workers the moment a job is enqueued, instead of letting them sleep out a poll.
 
 PostgreSQL: the enqueue's transaction sends NOTIFY (delivered at commit, so never for a
-rolled-back job) and each worker LISTENs on a connection of its own. SQLite: each worker
-binds an abstract datagram socket (no path-length limit, nothing left on disk) and leaves
-an empty file of the same name in `<database file>.wake/`; an enqueue sends one byte to
-each name it finds there. MySQL/MariaDB have neither; their workers poll. A lost wake-up
+rolled-back job) and each worker LISTENs on a connection of its own: it reaches every host.
+SQLite and MySQL/MariaDB have no such thing; there each worker binds an abstract datagram
+socket named after the database (`@batchjob-<digest of the database>-<worker>`: no path,
+nothing left on disk, gone with the process), and an enqueue that has committed sends one
+byte to each such name that /proc/net/unix lists. That reaches the workers on the enqueuing
+host (in its network namespace); the others find the job at their next poll. A lost wake-up
 only costs latency: the poll still finds the job.
 """
 
@@ -13,7 +15,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
-import os
+import math
 import socket
 import threading
 import time
@@ -27,6 +29,8 @@ from batchjob.store import dialects
 
 CHANNEL = "batchjob_jobs"
 RECONNECT_SECONDS = 2.0
+LISTENERS_TTL_SECONDS = 1.0
+LOOPBACK_NAMES = {"localhost": "127.0.0.1", "::1": "127.0.0.1"}
 log = logging.getLogger("batchjob.worker")
 
 
@@ -37,70 +41,103 @@ def announce_in_transaction(connection: Connection, url: URL) -> None:
 
 
 def announce_committed(url: URL) -> None:
-    """SQLite: poke every local worker's socket once the enqueue has committed."""
-    if url.get_backend_name() == "sqlite" and (directory := _socket_directory(url)) is not None:
-        _poke_sockets(directory)
+    """SQLite, MySQL/MariaDB: poke every local worker's socket once the enqueue has committed."""
+    if (prefix := _socket_prefix(url)) is not None:
+        _poke_sockets(prefix)
 
 
 def listen(url: URL, wake: Callable[[], None], name: str) -> Callable[[], None] | None:
     """Call `wake()` whenever a job is announced; returns a function that stops listening.
 
-    None where the database offers no wake-up (the worker polls).
+    None where no wake-up can be had (the worker polls).
     """
-    backend = url.get_backend_name()
     stopping = threading.Event()
-    if backend == "postgresql":
+    if url.get_backend_name() == "postgresql":
         target: Callable[[], None] = lambda: _listen_postgresql(url, wake, stopping)  # noqa: E731
-    elif backend == "sqlite" and (directory := _socket_directory(url)) is not None:
-        marker = directory / name
+    elif (prefix := _socket_prefix(url)) is not None:
         try:
-            directory.mkdir(exist_ok=True)
             receiver = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-            receiver.bind(_address(directory, name))
-            marker.touch()
+            receiver.bind(b"\0" + prefix + name.encode())
         except OSError as exc:
             log.warning("action=wakeups_unavailable error=%s: polling instead", exc)
             return None
         receiver.settimeout(1.0)
-        target = lambda: _listen_socket(receiver, marker, wake, stopping)  # noqa: E731
+        target = lambda: _listen_socket(receiver, wake, stopping)  # noqa: E731
     else:
         return None
     threading.Thread(target=target, name="wakeups", daemon=True).start()
     return stopping.set
 
 
-def _socket_directory(url: URL) -> Path | None:
-    database = url.database
-    if not database or database == ":memory:":
+def _socket_prefix(url: URL) -> bytes | None:
+    """`batchjob-<digest>-`: the same for every URL of one database on this host."""
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        if not url.database or url.database == ":memory:":
+            return None
+        where = str(Path(url.database).absolute())
+    elif backend in ("mysql", "mariadb"):
+        host = LOOPBACK_NAMES.get(url.host or "localhost", url.host or "")
+        where = f"mysql://{host}:{url.port or 3306}/{url.database}"
+    else:
         return None
-    return Path(database).absolute().with_name(Path(database).name + ".wake")
+    return f"batchjob-{hashlib.sha256(where.encode()).hexdigest()[:16]}-".encode()
 
 
-def _address(directory: Path, name: str) -> bytes:
-    """An abstract socket name (leading NUL) for this database's worker `name`."""
-    digest = hashlib.sha256(str(directory).encode()).hexdigest()[:16]
-    return f"\0batchjob-{digest}-{name}".encode()
+class _Listeners:
+    """The workers' socket names that /proc/net/unix lists, read again at most once a second.
+
+    A worker that started less than a second ago may miss a wake-up: its poll finds the job.
+    """
+
+    def __init__(self) -> None:
+        self._names: list[bytes] = []
+        self._read_at = -math.inf
+        self._lock = threading.Lock()
+
+    def names(self, prefix: bytes) -> list[bytes]:
+        with self._lock:
+            if time.monotonic() - self._read_at > LISTENERS_TTL_SECONDS:
+                self._names = _abstract_socket_names(b"@batchjob-")
+                self._read_at = time.monotonic()
+            return [name for name in self._names if name.startswith(prefix)]
+
+    def forget(self, name: bytes) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._names.remove(name)
 
 
-def _poke_sockets(directory: Path) -> None:
+_listeners = _Listeners()
+
+
+def _abstract_socket_names(start: bytes) -> list[bytes]:
+    """Names of listening abstract unix sockets that begin with `start` (`@` for the NUL)."""
     try:
-        names = os.listdir(directory)
-    except FileNotFoundError:
-        return
+        with open("/proc/net/unix", "rb") as table:
+            lines = table.read().splitlines()
+    except OSError:
+        return []
+    return [
+        fields[-1][1:]
+        for line in lines[1:]
+        if len(fields := line.split()) == 8 and fields[-1].startswith(start)
+    ]
+
+
+def _poke_sockets(prefix: bytes) -> None:
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
         sender.setblocking(False)
-        for name in names:
+        for name in _listeners.names(prefix):
             try:
-                sender.sendto(b"1", _address(directory, name))
+                sender.sendto(b"1", b"\0" + name)
             except (ConnectionRefusedError, FileNotFoundError):
-                with contextlib.suppress(OSError):
-                    (directory / name).unlink()  # a worker that died without cleaning up
+                _listeners.forget(name)  # that worker has stopped
             except OSError:
                 continue  # its buffer is full: it has been woken already
 
 
 def _listen_socket(
-    receiver: socket.socket, path: Path, wake: Callable[[], None], stopping: threading.Event
+    receiver: socket.socket, wake: Callable[[], None], stopping: threading.Event
 ) -> None:
     try:
         while not stopping.is_set():
@@ -111,8 +148,6 @@ def _listen_socket(
             wake()
     finally:
         receiver.close()
-        with contextlib.suppress(OSError):
-            path.unlink()
 
 
 def _listen_postgresql(url: URL, wake: Callable[[], None], stopping: threading.Event) -> None:
