@@ -9,6 +9,7 @@ Times come from the database clock (`db_now`), never from the caller's.
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 import uuid
@@ -18,6 +19,8 @@ from typing import Any, TypeVar
 
 from sqlalchemy import (
     Connection,
+    Float,
+    Integer,
     Row,
     and_,
     bindparam,
@@ -301,33 +304,20 @@ class Store:
         if limit <= 0:
             return []
 
+        wanted = {"candidates": limit * CLAIM_CANDIDATE_FACTOR, "queues": list(queues or ())}
+
         def claim(conn: Connection) -> list[ClaimedJob]:
-            candidates = conn.execute(_due_jobs_query(conn, queues, limit)).all()
+            due = _DUE_JOBS[bool(queues), dialects.supports_skip_locked(conn)]
+            candidates = conn.execute(due, wanted).all()
             chosen = _admit_within_concurrency(conn, candidates, limit)
             if not chosen:
                 return []
             token = uuid.uuid4().hex
             conn.execute(
-                update(jobs)
-                .where(jobs.c.id.in_(chosen), jobs.c.status == PENDING)
-                .values(
-                    status=RUNNING,
-                    attempt=jobs.c.attempt + 1,
-                    lease_token=token,
-                    lease_expires_at=dialects.db_now_plus(lease_timeout),
-                    started_at=dialects.db_now(),
-                    worker_id=worker_id,
-                    pid=None,
-                    stalled_at=None,
-                    progress_message=None,
-                    progress_current=None,
-                    progress_total=None,
-                    **_cleared_result_values(),
-                )
+                _CLAIM,
+                {"ids": chosen, "token": token, "seconds": lease_timeout, "worker": worker_id},
             )
-            rows = conn.execute(
-                select(jobs).where(jobs.c.id.in_(chosen), jobs.c.lease_token == token)
-            ).all()
+            rows = conn.execute(_CLAIMED, {"ids": chosen, "token": token}).all()
             claimed = {row.id: _job_from_row(row) for row in rows}
             _record_events(
                 conn,
@@ -407,27 +397,14 @@ class Store:
             message, current, total = outcome.progress
             values.update(progress_message=message, progress_current=current, progress_total=total)
         if outcome.status == JobStatus.PENDING:
-            values["run_at"] = dialects.db_now_plus(outcome.retry_delay or 0.0)
-        elif outcome.status.is_finished:
-            values.update(_finished_values())
-        else:
+            values["retry_delay"] = outcome.retry_delay or 0.0
+        elif not outcome.status.is_finished:
             raise ValueError(f"an attempt cannot finish as {outcome.status}")
-        statement = _fenced(lease).values(**values)
-        if outcome.status == JobStatus.COMPLETED:
-            # Also after a rescue, until the job is claimed again: it ran to success once,
-            # and running it again would only repeat its work.
-            statement = (
-                update(jobs)
-                .values(**values)
-                .where(
-                    jobs.c.id == lease.job_id,
-                    jobs.c.lease_token == lease.token,
-                    jobs.c.status.in_((RUNNING, PENDING)),
-                )
-            )
+        statement = _finish_statement(tuple(values), outcome.status)
+        values.update(job_id=lease.job_id, token=lease.token)
 
         def finish(conn: Connection) -> bool:
-            if conn.execute(statement).rowcount != 1:
+            if conn.execute(statement, values).rowcount != 1:
                 return False
             if outcome.evidence is not None:
                 _record_event(
@@ -777,8 +754,11 @@ def _is_passing(exc: DBAPIError) -> bool:
     return str(code) in _RETRYABLE_CODES
 
 
-def _due_jobs_query(conn: Connection, queues: Sequence[str] | None, limit: int) -> Any:
-    """Due pending jobs in claim order, skipping rows other claimers hold and full keys."""
+def _due_jobs_query(with_queues: bool, lock_rows: bool) -> Any:
+    """Due pending jobs in claim order, skipping rows other claimers hold and full keys.
+
+    Built once per shape, with parameters: building a statement costs more than running it.
+    """
     running = jobs.alias("running")
     running_with_same_key = (
         select(func.count())
@@ -797,11 +777,11 @@ def _due_jobs_query(conn: Connection, queues: Sequence[str] | None, limit: int) 
             ),
         )
         .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
-        .limit(limit * CLAIM_CANDIDATE_FACTOR)
+        .limit(bindparam("candidates", type_=Integer))
     )
-    if queues:
-        query = query.where(jobs.c.queue.in_(list(queues)))
-    if dialects.supports_skip_locked(conn):
+    if with_queues:
+        query = query.where(jobs.c.queue.in_(bindparam("queues", expanding=True)))
+    if lock_rows:
         query = query.with_for_update(skip_locked=True, of=jobs)
     return query
 
@@ -861,6 +841,63 @@ def _cleared_result_values() -> dict[str, Any]:
         "error_summary": None,
         "hint": None,
     }
+
+
+_DUE_JOBS = {
+    (with_queues, lock_rows): _due_jobs_query(with_queues, lock_rows)
+    for with_queues in (False, True)
+    for lock_rows in (False, True)
+}
+_CLAIM = (
+    update(jobs)
+    .where(jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.status == PENDING)
+    .values(
+        status=RUNNING,
+        attempt=jobs.c.attempt + 1,
+        lease_token=bindparam("token"),
+        lease_expires_at=dialects.db_now_plus(bindparam("seconds", type_=Float)),
+        started_at=dialects.db_now(),
+        worker_id=bindparam("worker"),
+        pid=None,
+        stalled_at=None,
+        progress_message=None,
+        progress_current=None,
+        progress_total=None,
+        **_cleared_result_values(),
+    )
+)
+_CLAIMED = select(jobs).where(
+    jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.lease_token == bindparam("token")
+)
+
+
+@functools.cache
+def _finish_statement(columns: tuple[str, ...], status: JobStatus) -> Any:
+    """The UPDATE that records an outcome setting `columns`; built once per shape.
+
+    A retry's `retry_delay` sets run_at. A success is taken also after a rescue, until the
+    job is claimed again: it ran to success once, and running it again would only repeat its
+    work. Any other outcome needs the lease still held.
+    """
+    values: dict[str, Any] = {
+        column: bindparam(column, type_=jobs.c[column].type)
+        for column in columns
+        if column != "retry_delay"
+    }
+    if status == JobStatus.PENDING:
+        values["run_at"] = dialects.db_now_plus(bindparam("retry_delay", type_=Float))
+    else:
+        values.update(_finished_values())
+    alive = (RUNNING, PENDING) if status == JobStatus.COMPLETED else (RUNNING,)
+    return (
+        update(jobs)
+        .where(
+            jobs.c.id == bindparam("job_id"),
+            jobs.c.lease_token == bindparam("token"),
+            jobs.c.status.in_(alive),
+        )
+        .values(values)
+    )
 
 
 def _insert_parameters(new_job: NewJob) -> dict[str, Any]:
@@ -934,18 +971,26 @@ def _record_event(
     data: Mapping[str, Any] | None = None,
     worker_id: str | None = None,
 ) -> None:
-    attempt = select(jobs.c.attempt).where(jobs.c.id == job_id).scalar_subquery()
     conn.execute(
-        insert(events).values(
-            job_id=job_id,
-            attempt=func.coalesce(attempt, 0),
-            kind=kind,
-            at=dialects.db_now(),
-            message=message,
-            data=dict(data) if data is not None else None,
-            worker_id=worker_id,
-        )
+        _INSERT_EVENT_OF_CURRENT_ATTEMPT,
+        {
+            "job_id": job_id,
+            "of_job": job_id,
+            "kind": kind,
+            "message": message,
+            "data": dict(data) if data is not None else None,
+            "worker_id": worker_id,
+        },
     )
+
+
+_INSERT_EVENT = insert(events).values(at=dialects.db_now())
+_INSERT_EVENT_OF_CURRENT_ATTEMPT = insert(events).values(
+    at=dialects.db_now(),
+    attempt=func.coalesce(
+        select(jobs.c.attempt).where(jobs.c.id == bindparam("of_job")).scalar_subquery(), 0
+    ),
+)
 
 
 def _record_events(
@@ -957,7 +1002,7 @@ def _record_events(
     if not entries:
         return
     conn.execute(
-        insert(events).values(at=dialects.db_now()),
+        _INSERT_EVENT,
         [
             {
                 "job_id": job.id,
