@@ -1,0 +1,287 @@
+"""batchjob's own figures, each against a baseline measured in the same call.
+
+- output: a job writing N GiB to stdout under a worker, against the same command with its
+  stdout redirected to a file; and the worker's RSS before and at its peak meanwhile.
+- claim_cost: claim + finish of one job, through the Store, with 1,000,000 finished and
+  100,000 pending rows in the table, against the same on a table of a few pending rows.
+- progress: a job reporting progress 100,000 times a second, against the same job not
+  reporting, both under the worker; and the database writes the reports cost.
+- scaling: `/bin/true` jobs through 8 workers on one database, against 1 worker; and every
+  deadlock error (MySQL 1213, PostgreSQL 40P01) the workers logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import create_engine, text
+
+from bench.suite.databases import BATCHJOB, count_job_updates, job_updates, worker_env
+
+WRITE_GIB = (
+    "import sys; block = b'x' * (1 << 20) + b'\\n'\n"
+    "out = sys.stdout.buffer\n"
+    "for _ in range(int(float(sys.argv[1]) * 1024)): out.write(block)\n"
+)
+# 100,000 reports a second: each unit of work is ~10 us of CPU, and each is reported.
+REPORTING = (
+    "import hashlib, sys, time\n"
+    "from batchjob import progress\n"
+    "units, report = int(sys.argv[1]), sys.argv[2] == '1'\n"
+    "started = time.perf_counter()\n"
+    "data = b'x' * 256\n"
+    "for unit in range(1, units + 1):\n"
+    "    data = hashlib.sha256(data).digest() * 8\n"
+    "    if report: progress('第六竹石', current=unit, total=units)\n"
+    "print(f'seconds={time.perf_counter() - started:.6f}')\n"
+)
+DEADLOCK_MARKS = ("1213", "40P01", "Deadlock", "deadlock")
+
+
+class Workers:
+    """`batchjob worker` processes on one database, stopped (SIGTERM) when the block ends."""
+
+    def __init__(self, url: str, directory: Path, count: int = 1, concurrency: int = 2) -> None:
+        self.url, self.directory = url, directory
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.count, self.concurrency = count, concurrency
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[list[subprocess.Popen[bytes]]]:
+        env = worker_env(self.url, self.directory)
+        try:
+            for _ in range(self.count):
+                self.processes.append(
+                    subprocess.Popen(
+                        [BATCHJOB, "worker", "--concurrency", str(self.concurrency)],
+                        cwd=self.directory,
+                        env=env,
+                        stdout=subprocess.DEVNULL,
+                        stderr=subprocess.DEVNULL,
+                    )
+                )
+            yield self.processes
+        finally:
+            for process in self.processes:
+                process.terminate()
+            for process in self.processes:
+                process.wait(timeout=60)
+
+    def log(self) -> str:
+        path = self.directory / "logs" / "batch_job_worker.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+
+def _queue(url: str, directory: Path) -> Any:
+    from batchjob import Queue
+    from batchjob.config import load_settings
+
+    return Queue(settings=load_settings(environ=worker_env(url, directory)))
+
+
+def _ended(queue: Any) -> int:
+    """Jobs that have ended, all queues together: a count is cheap to poll."""
+    return sum(
+        count
+        for statuses in queue.stats().values()
+        for status, count in statuses.items()
+        if status in ("completed", "failed", "cancelled")
+    )
+
+
+def _wait_all(queue: Any, ids: list[int], timeout: float, ended_before: int = 0) -> list[Any]:
+    """The jobs `ids`, once as many more jobs have ended as there are ids."""
+    deadline = time.monotonic() + timeout
+    while (ended := _ended(queue) - ended_before) < len(ids):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{ended}/{len(ids)} jobs ended after {timeout:.0f}s")
+        time.sleep(0.05)
+    return [queue.get(job_id) for job_id in ids]
+
+
+def _rss_kib(pid: int) -> int:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:"))
+
+
+def _idle(queue: Any) -> None:
+    """Let a just-started worker finish starting: one job through it."""
+    ended_before = _ended(queue)
+    (job,) = queue.enqueue_many([{"command": ["/bin/true"]}])
+    _wait_all(queue, [job.id], timeout=60, ended_before=ended_before)
+
+
+# ---- output --------------------------------------------------------------------------------
+
+
+def output(url: str, directory: Path, gib: float) -> dict[str, Any]:
+    command = [sys.executable, "-c", WRITE_GIB, str(gib)]
+    with (directory / "bare.out").open("wb") as sink:
+        started = time.perf_counter()
+        subprocess.run(command, stdout=sink, check=True)
+        bare = time.perf_counter() - started
+    (directory / "bare.out").unlink()
+    (directory / "batchjob.toml").write_text(f'[worker]\nmax_log_bytes = "{int(gib) + 1}GiB"\n')
+    queue = _queue(url, directory)
+    workers = Workers(url, directory, concurrency=1)
+    with workers.running() as (worker,):
+        _idle(queue)
+        idle_kib = peak_kib = _rss_kib(worker.pid)
+        (job,) = queue.enqueue_many([{"command": command}])
+        while queue.get(job.id).status.value in ("pending", "running"):
+            peak_kib = max(peak_kib, _rss_kib(worker.pid))
+            time.sleep(0.05)
+        job = queue.get(job.id)
+    queue.close()
+    (directory / "batchjob.toml").unlink()
+    if job.status.value != "completed":
+        raise RuntimeError(f"the output job ended {job.status.value}: {job.error_summary}")
+    under_worker = (job.completed_at - job.started_at).total_seconds()
+    return {
+        "gib": gib,
+        "bare_seconds": bare,
+        "worker_seconds": under_worker,
+        "speed_ratio": bare / under_worker,
+        "worker_rss_idle_mib": idle_kib / 1024,
+        "worker_rss_peak_mib": peak_kib / 1024,
+    }
+
+
+# ---- claim cost ----------------------------------------------------------------------------
+
+
+def claim_cost(url: str, finished: int, pending: int, loops: int) -> dict[str, Any]:
+    from batchjob.model import JobStatus, NewJob
+    from batchjob.store import Outcome, Store
+
+    store = Store(url)
+
+    def per_job() -> float:
+        store.enqueue([NewJob(command=["/bin/true"]) for _ in range(loops)])
+        started = time.perf_counter()
+        for _ in range(loops):
+            (claimed,) = store.claim("bench", None, 1, 60)
+            store.finish(claimed.lease, Outcome(JobStatus.COMPLETED, exit_code=0))
+        return (time.perf_counter() - started) / loops
+
+    empty = per_job()
+    fill_seconds = _fill(url, finished, pending)
+    loaded = per_job()
+    store.close()
+    return {
+        "finished_rows": finished,
+        "pending_rows": pending,
+        "fill_seconds": fill_seconds,
+        "empty_ms": empty * 1000,
+        "loaded_ms": loaded * 1000,
+        "cost_ratio": loaded / empty,
+    }
+
+
+def _fill(url: str, finished: int, pending: int) -> float:
+    """Insert old finished rows and pending rows due long ago, generated by the database."""
+    engine = create_engine(url)
+    kind = engine.dialect.name
+    started = time.perf_counter()
+    for status, count in (("completed", finished), ("pending", pending)):
+        if kind == "sqlite":
+            source = (
+                "(WITH RECURSIVE n(i) AS (SELECT 1 UNION ALL"
+                f" SELECT i + 1 FROM n WHERE i < {count}) SELECT i FROM n)"
+            )
+        elif kind == "postgresql":
+            source = f"generate_series(1, {count})"
+        else:
+            source = f"seq_1_to_{count}"
+        completed_at = "'2026-01-01 00:00:01'" if status == "completed" else "NULL"
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    "INSERT INTO batch_job_queue (queue, command, params, env, tags, status,"
+                    " priority, attempt, max_attempts, lost_attempts, run_at, created_at,"
+                    " completed_at) SELECT 'default', '[\"/bin/true\"]', '{}', '{}', '[]',"
+                    f" '{status}', 0, {int(status == 'completed')}, 1, 0,"
+                    f" '2026-01-01 00:00:00', '2026-01-01 00:00:00', {completed_at}"
+                    f" FROM {source} AS generated"
+                )
+            )
+    if kind == "postgresql":
+        with engine.connect() as connection:
+            connection.execute(text("ANALYZE batch_job_queue"))
+    elif kind == "mariadb":
+        with engine.connect() as connection:
+            connection.execute(text("ANALYZE TABLE batch_job_queue"))
+    engine.dispose()
+    return time.perf_counter() - started
+
+
+# ---- progress ------------------------------------------------------------------------------
+
+
+def progress(url: str, directory: Path, units: int) -> dict[str, Any]:
+    count_job_updates(url)
+    queue = _queue(url, directory)
+    figures: dict[str, Any] = {"units": units}
+    with Workers(url, directory, concurrency=1).running():
+        _idle(queue)
+        for label, report in (("silent", "0"), ("reporting", "1")):
+            before, ended_before = job_updates(url), _ended(queue)
+            (job,) = queue.enqueue_many(
+                [{"command": [sys.executable, "-c", REPORTING, str(units), report]}]
+            )
+            (job,) = _wait_all(queue, [job.id], timeout=600, ended_before=ended_before)
+            if job.status.value != "completed":
+                raise RuntimeError(f"the {label} job ended {job.status.value}")
+            log = Path(job.log_path).read_text()
+            seconds = float(log.rsplit("seconds=", 1)[1].split()[0])
+            figures[label] = {
+                "seconds": seconds,
+                "reports_per_s": units / seconds if report == "1" else 0,
+                "row_updates": job_updates(url) - before,
+                "run_seconds": (job.completed_at - job.started_at).total_seconds(),
+                "last_progress": job.progress_current,
+            }
+    queue.close()
+    reporting = figures["reporting"]
+    figures["speed_ratio"] = figures["silent"]["seconds"] / reporting["seconds"]
+    figures["writes_per_s"] = reporting["row_updates"] / reporting["run_seconds"]
+    return figures
+
+
+# ---- scaling -------------------------------------------------------------------------------
+
+
+def scaling(url: str, directory: Path, jobs: int, counts: tuple[int, ...]) -> dict[str, Any]:
+    """Throughput of `/bin/true` jobs, 2 slots a worker, by number of workers."""
+    queue = _queue(url, directory)
+    rows: dict[str, Any] = {}
+    for count in counts:
+        workers = Workers(url, directory, count=count)
+        with workers.running():
+            _idle(queue)
+            ended_before = _ended(queue)
+            stored = queue.enqueue_many([{"command": ["/bin/true"]} for _ in range(jobs)])
+            ended = _wait_all(
+                queue, [job.id for job in stored], 60 + jobs * 0.1, ended_before=ended_before
+            )
+        finished = sorted(job.completed_at for job in ended)
+        failed = sum(1 for job in ended if job.status.value != "completed")
+        rows[str(count)] = {
+            "jobs_per_s": (len(finished) - 1) / (finished[-1] - finished[0]).total_seconds(),
+            "failed": failed,
+        }
+    log = Workers(url, directory).log()
+    queue.close()
+    base = rows[str(counts[0])]["jobs_per_s"]
+    for row in rows.values():
+        row["ratio"] = row["jobs_per_s"] / base
+    rows["deadlock_lines"] = [
+        line for line in log.splitlines() if any(mark in line for mark in DEADLOCK_MARKS)
+    ]
+    return rows
