@@ -22,6 +22,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -411,15 +412,38 @@ def test_a_locale_and_home_from_the_worker_are_kept(tmp_path: Path) -> None:
 def test_progress_from_python_arrives_in_order_and_the_last_report_wins(
     tmp_path: Path,
 ) -> None:
-    count = 3000
+    count = 300_000
     reports: list[tuple[str | None, int | None, int | None]] = []
     control = RunControl(on_progress=lambda *report: reports.append(report))
     result = run_job(tmp_path, job("progress_reports.py", count), control=control)
 
     assert result.exit_code == 0
-    expected = [(f"処理中: 第六竹石 {n}", n, count) for n in range(1, count + 1)]
-    assert reports == expected
+    assert reports[0] == ("処理中: 第六竹石 1", 1, count)
+    assert reports[-1] == (f"処理中: 第六竹石 {count}", count, count)
+    currents = [current for _message, current, _total in reports]
+    assert currents == sorted(set(currents)), "in order, none twice"
+    assert all(message == f"処理中: 第六竹石 {n}" for message, n, _total in reports)
+    # A line at most every 0.1 s (plus the last): the job pays for a write now and then,
+    # not for each of its reports.
+    assert len(reports) <= 2 + result.duration / 0.1
     assert notes(read_streams(tmp_path)) == ""
+
+
+def test_a_report_held_back_arrives_though_the_job_reports_nothing_more(tmp_path: Path) -> None:
+    reports: list[tuple[str | None, int | None, int | None]] = []
+    seen_while_running: list[tuple[str | None, int | None, int | None]] = []
+
+    def on_progress(*report: Any) -> None:
+        reports.append(report)
+
+    control = RunControl(on_progress=on_progress)
+    watcher = threading.Timer(2.0, lambda: seen_while_running.extend(reports[-1:]))
+    watcher.start()
+    result = run_job(tmp_path, job("progress_reports.py", 1000, 4), control=control)
+    watcher.join()
+
+    assert result.exit_code == 0
+    assert seen_while_running == [("待機中", 999, 1001)], "written by the timer, not at exit"
 
 
 def test_progress_from_a_shell_script(tmp_path: Path) -> None:
