@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint format clean chaos chaos-long
+.PHONY: demo test lint format clean chaos chaos-long bench bench-peers
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,6 +27,21 @@ chaos-long: $(STAMP)
 	for database in sqlite mariadb postgresql; do \
 		$(BIN)/python -m bench.chaos --long --database $$database \
 			--json bench/chaos-long-$$database.json || exit 1; done
+
+# Performance (docs/benchmarks.md), on an otherwise idle machine: batchjob on the three
+# databases by the peers' method, then its own figures; bench-peers adds the peer queues.
+BENCH_OUT ?= bench/results
+bench: $(STAMP)
+	mkdir -p $(BENCH_OUT)
+	$(BIN)/python bench/peers/run.py --jobs 2000 \
+		--peers batchjob-sqlite,batchjob-mariadb,batchjob-postgresql \
+		--json $(BENCH_OUT)/batchjob-as-a-peer.json
+	$(BIN)/python -m bench.suite --json $(BENCH_OUT)/suite.json
+
+bench-peers: $(STAMP)
+	mkdir -p $(BENCH_OUT)
+	bash bench/peers/setup.sh
+	bench/peers/.venv/bin/python bench/peers/run.py --jobs 2000 --json $(BENCH_OUT)/peers.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

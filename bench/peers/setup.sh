@@ -9,7 +9,7 @@ venv="$here/.venv"
 stamp="$venv/.requirements.sha256"
 python="${PYTHON:-python3.11}"
 
-want="$(sha256sum "$here/requirements.txt" | cut -d' ' -f1)"
+want="$(cat "$here/requirements.txt" "$here/../../pyproject.toml" | sha256sum | cut -d' ' -f1)"
 if [[ -f "$stamp" && "$(cat "$stamp")" == "$want" && -x "$venv/bin/python" ]]; then
     echo "bench/peers/.venv is up to date"
     exit 0
@@ -21,6 +21,8 @@ fi
 rm -f "$stamp"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -r "$here/requirements.txt"
+# batchjob itself, measured beside the peers in the same run (editable: this checkout's code).
+"$venv/bin/python" -m pip install --quiet -e "$here/../..[mysql,postgresql]"
 "$venv/bin/python" -m pip check
 echo "$want" >"$stamp"
 "$venv/bin/python" -m pip freeze --quiet | grep -iE \
