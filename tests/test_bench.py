@@ -1,0 +1,28 @@
+"""The benchmark suite's smoke form: every figure of `make bench` still runs (not how fast)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_suite_measures_each_figure_against_its_baseline(tmp_path: Path) -> None:
+    report = tmp_path / "suite.json"
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.suite", "--smoke", "--databases", "sqlite",
+         "--figures", "output,claim_cost,progress", "--json", str(report)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stdout + done.stderr
+    figures = json.loads(report.read_text())["sqlite"]
+    output, claim, progress = figures["output"], figures["claim_cost"], figures["progress"]
+    assert output["bare_seconds"] > 0 and output["worker_seconds"] > 0
+    assert output["worker_rss_peak_mib"] >= output["worker_rss_idle_mib"] > 0
+    assert claim["empty_ms"] > 0 and claim["loaded_ms"] > 0
+    assert progress["reporting"]["last_progress"] == progress["units"], "the last report landed"
+    assert progress["silent"]["last_progress"] is None
+    assert progress["reporting"]["row_updates"] >= 3  # claim, progress, finish at least
