@@ -14,6 +14,7 @@ import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 from common import JobSpec, Peer, Record, postgres_dsn, scratch
 from sqlalchemy import Engine, create_engine, delete, func, select, text
@@ -91,10 +92,10 @@ class BatchjobPeer(Peer):
             Record(wanted[row.id], self._started(row), _epoch(row.completed_at)) for row in rows
         ]
 
-    def _started(self, row: object) -> float:
-        if list(row.command) != PRINT_START:  # type: ignore[attr-defined]
-            return _epoch(row.started_at)  # type: ignore[attr-defined]
-        log = (self.log_dir / "jobs" / f"{row.id}.log").read_bytes()  # type: ignore[attr-defined]
+    def _started(self, row: Any) -> float:
+        if list(row.command) != PRINT_START:
+            return _epoch(row.started_at)
+        log = (self.log_dir / "jobs" / f"{row.id}.log").read_bytes()
         printed = next(line for line in log.splitlines() if b" out " in line)
         return float(printed.rsplit(b"| ", 1)[1])
 
