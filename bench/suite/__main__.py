@@ -70,12 +70,15 @@ def summary(name: str, figure: dict[str, Any]) -> str:
             f" silent job's speed; {figure['writes_per_s']:.1f} row writes/s"
             f" ({reporting['row_updates']} in {reporting['run_seconds']:.1f}s)"
         )
-    counts = [key for key in figure if key.isdigit()]
+    counts = [key for key in figure if key.isdigit()]  # workers
     rates = ", ".join(
         f"{count} worker(s) {figure[count]['jobs_per_s']:.0f}/s ({figure[count]['ratio']:.2f}x)"
         for count in counts
     )
-    return f"{rates}; deadlock lines: {len(figure['deadlock_lines'])}"
+    return (
+        f"{rates}; deadlock lines: {len(figure['deadlock_lines'])},"
+        f" warning lines: {len(figure['warning_lines'])}"
+    )
 
 
 def verdict(name: str, figure: dict[str, Any]) -> str:

@@ -29,20 +29,21 @@ WRITE_GIB = (
     "out = sys.stdout.buffer\n"
     "for _ in range(int(float(sys.argv[1]) * 1024)): out.write(block)\n"
 )
-# 100,000 reports a second: each unit of work (a SHA-256 of 8 KiB) takes about 10 us here,
+# 100,000 reports a second: each unit of work (a SHA-256 of 14 KiB) takes about 10 us here,
 # and each is reported; the figure prints the rate the reporting job reached.
 REPORTING = (
     "import hashlib, sys, time\n"
     "from batchjob import progress\n"
     "units, report = int(sys.argv[1]), sys.argv[2] == '1'\n"
-    "block = b'x' * 8192\n"
+    "block = b'x' * 14336\n"
     "started = time.perf_counter()\n"
     "for unit in range(1, units + 1):\n"
     "    hashlib.sha256(block).digest()\n"
     "    if report: progress('第六竹石', current=unit, total=units)\n"
     "print(f'seconds={time.perf_counter() - started:.6f}')\n"
 )
-DEADLOCK_MARKS = ("1213", "40P01", "Deadlock", "deadlock")
+# How MariaDB/MySQL (error 1213) and PostgreSQL (SQLSTATE 40P01) word a deadlock.
+DEADLOCK_MARKS = ("(1213,", "Deadlock found", "40P01", "deadlock detected")
 
 
 class Workers:
@@ -284,5 +285,8 @@ def scaling(url: str, directory: Path, jobs: int, counts: tuple[int, ...]) -> di
         row["ratio"] = row["jobs_per_s"] / base
     rows["deadlock_lines"] = [
         line for line in log.splitlines() if any(mark in line for mark in DEADLOCK_MARKS)
+    ]
+    rows["warning_lines"] = [
+        line for line in log.splitlines() if " WARNING " in line or " ERROR " in line
     ]
     return rows
