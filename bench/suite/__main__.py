@@ -25,11 +25,21 @@ from typing import Any
 from bench.suite import figures
 from bench.suite.databases import KINDS, fresh_database
 
-FULL = {"gib": 1.0, "finished": 1_000_000, "pending": 100_000, "loops": 2000,
+FULL = {"enqueue": 2000, "gib": 1.0, "finished": 1_000_000, "pending": 100_000, "loops": 2000,
         "units": 1_000_000, "jobs": 2000, "workers": (1, 2, 4, 8)}  # fmt: skip
-SMOKE = {"gib": 0.05, "finished": 20_000, "pending": 2_000, "loops": 100,
+SMOKE = {"enqueue": 100, "gib": 0.05, "finished": 20_000, "pending": 2_000, "loops": 100,
          "units": 50_000, "jobs": 100, "workers": (1, 2)}  # fmt: skip
+#: Each figure, and the databases it is measured on: several workers sharing one server; the
+#: driver's own insert as a baseline where there is no network in between.
+FIGURES = {
+    "enqueue": ("sqlite",),
+    "output": KINDS,
+    "claim_cost": KINDS,
+    "progress": KINDS,
+    "scaling": ("mariadb", "postgresql"),
+}
 TARGETS = {
+    "enqueue": ("one_by_one_per_s", ">=", 3000),
     "output": ("speed_ratio", ">=", 0.8),
     "claim_cost": ("cost_ratio", "<=", 1.2),
     "progress": ("speed_ratio", ">=", 0.9),
@@ -40,6 +50,8 @@ def measure(kind: str, name: str, size: dict[str, Any]) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix=f"batchjob-bench-{kind}-") as scratch:
         directory = Path(scratch)
         with fresh_database(kind, directory) as url:
+            if name == "enqueue":
+                return figures.enqueue(url, directory, size["enqueue"])
             if name == "output":
                 return figures.output(url, directory, size["gib"])
             if name == "claim_cost":
@@ -50,6 +62,14 @@ def measure(kind: str, name: str, size: dict[str, Any]) -> dict[str, Any]:
 
 
 def summary(name: str, figure: dict[str, Any]) -> str:
+    if name == "enqueue":
+        return (
+            f"one by one {figure['one_by_one_per_s']:,.0f}/s"
+            f" ({figure['one_by_one_ratio']:.2f}x sqlite3's"
+            f" {figure['driver_one_by_one_per_s']:,.0f}/s),"
+            f" enqueue_many {figure['bulk_per_s']:,.0f}/s"
+            f" ({figure['bulk_ratio']:.2f}x sqlite3's {figure['driver_bulk_per_s']:,.0f}/s)"
+        )
     if name == "output":
         return (
             f"{figure['gib']:g} GiB: {figure['worker_seconds']:.2f}s under the worker,"
@@ -93,13 +113,19 @@ def verdict(name: str, figure: dict[str, Any]) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.suite", description=__doc__)
     parser.add_argument("--databases", default=",".join(KINDS))
-    parser.add_argument("--figures", default="output,claim_cost,progress,scaling")
+    parser.add_argument("--figures", default=",".join(FIGURES))
     parser.add_argument("--smoke", action="store_true", help="small sizes: does it work?")
     parser.add_argument("--json", type=Path)
     args = parser.parse_args()
     kinds = [kind for kind in args.databases.split(",") if kind]
     names = [name for name in args.figures.split(",") if name]
-    if set(kinds) - set(KINDS) or set(names) - {"output", "claim_cost", "progress", "scaling"}:
+    if set(kinds) - set(KINDS) or set(names) - {
+        "enqueue",
+        "output",
+        "claim_cost",
+        "progress",
+        "scaling",
+    }:
         parser.error("unknown database or figure")
     size = SMOKE if args.smoke else FULL
     print(
@@ -112,8 +138,8 @@ def main() -> int:
     failures = 0
     for kind in kinds:
         for name in names:
-            if name == "scaling" and kind == "sqlite":
-                continue  # one file, one writer: the figure is about the server databases
+            if kind not in FIGURES[name]:
+                continue
             started = time.monotonic()
             try:
                 figure = measure(kind, name, size)

@@ -1,5 +1,7 @@
 """batchjob's own figures, each against a baseline measured in the same call.
 
+- enqueue (SQLite): Queue.enqueue one by one and enqueue_many, against sqlite3 inserting the
+  same row the same way (a transaction each / one executemany).
 - output: a job writing N GiB to stdout under a worker, against the same command with its
   stdout redirected to a file; and the worker's RSS before and at its peak meanwhile.
 - claim_cost: claim + finish of one job, through the Store, with 1,000,000 finished and
@@ -152,6 +154,54 @@ def output(url: str, directory: Path, gib: float) -> dict[str, Any]:
         "speed_ratio": bare / under_worker,
         "worker_rss_idle_mib": idle_kib / 1024,
         "worker_rss_peak_mib": peak_kib / 1024,
+    }
+
+
+# ---- enqueue -------------------------------------------------------------------------------
+
+
+def enqueue(url: str, directory: Path, jobs: int) -> dict[str, Any]:
+    """Queue.enqueue one by one and enqueue_many, against the driver inserting the same row
+    (SQLite only: its driver, sqlite3, is the one place with no network in between)."""
+    import sqlite3
+
+    queue = _queue(url, directory)
+    queue.enqueue(["/bin/true"])  # connect and warm up outside the timing
+    started = time.perf_counter()
+    for _ in range(jobs):
+        queue.enqueue(["/bin/true"])
+    one_by_one = jobs / (time.perf_counter() - started)
+    started = time.perf_counter()
+    queue.enqueue_many([{"command": ["/bin/true"]} for _ in range(jobs * 10)])
+    bulk = jobs * 10 / (time.perf_counter() - started)
+    queue.close()
+    connection = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None)
+    connection.execute("PRAGMA synchronous=NORMAL")  # as batchjob sets it
+    insert = (
+        "INSERT INTO batch_job_queue (queue, command, params, env, tags, status, priority,"
+        " attempt, max_attempts, lost_attempts, run_at, created_at)"
+        " VALUES ('default', '[\"/bin/true\"]', '{}', '{}', '[]', 'pending', 0, 0, 1, 0,"
+        " strftime('%Y-%m-%d %H:%M:%f000', 'now'), strftime('%Y-%m-%d %H:%M:%f000', 'now'))"
+    )
+    started = time.perf_counter()
+    for _ in range(jobs):
+        connection.execute("BEGIN IMMEDIATE")
+        connection.execute(insert + " RETURNING id").fetchall()
+        connection.execute("COMMIT")
+    raw_one_by_one = jobs / (time.perf_counter() - started)
+    started = time.perf_counter()
+    connection.execute("BEGIN IMMEDIATE")
+    connection.executemany(insert, [()] * (jobs * 10))
+    connection.execute("COMMIT")
+    raw_bulk = jobs * 10 / (time.perf_counter() - started)
+    connection.close()
+    return {
+        "one_by_one_per_s": one_by_one,
+        "bulk_per_s": bulk,
+        "driver_one_by_one_per_s": raw_one_by_one,
+        "driver_bulk_per_s": raw_bulk,
+        "one_by_one_ratio": one_by_one / raw_one_by_one,
+        "bulk_ratio": bulk / raw_bulk,
     }
 
 
