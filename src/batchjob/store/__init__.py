@@ -595,12 +595,11 @@ class Store:
     def _insert_jobs(self, conn: Connection, rows: list[dict[str, Any]]) -> list[Job]:
         """Insert; the jobs are built from what was sent and what the database set."""
         wakeups.announce_in_transaction(conn, self.url)
-        if conn.dialect.name == "sqlite" and len(rows) > 1:
+        if len(rows) > 1 and dialects.has_single_writer(conn):
             # SQLAlchemy sends many rows with RETURNING to SQLite one statement each (SQLite does
-            # not promise RETURNING's order); one executemany is five times faster. This
-            # transaction holds SQLite's only write lock, so the rows get consecutive ids.
+            # not promise RETURNING's order); one executemany is five times faster.
             conn.execute(_INSERT_JOB, rows)
-            last = conn.exec_driver_sql("SELECT last_insert_rowid()").scalar_one()
+            last = dialects.last_inserted_id(conn)
             assigned = conn.execute(
                 select(*_ASSIGNED).where(jobs.c.id > last - len(rows)).order_by(jobs.c.id)
             ).all()

@@ -190,7 +190,18 @@ def recycle_below_wait_timeout(connection: Connection) -> int | None:
 
 def supports_skip_locked(connection: Connection) -> bool:
     """Row locks exist on the server databases; SQLite serialises writers instead."""
-    return connection.dialect.name != "sqlite"
+    return not has_single_writer(connection)
+
+
+def has_single_writer(connection: Connection) -> bool:
+    """SQLite: one write transaction at a time, so the rows one transaction inserts get
+    consecutive ids, the last of them `last_inserted_id`."""
+    return connection.dialect.name == "sqlite"
+
+
+def last_inserted_id(connection: Connection) -> int:
+    """The id of the last row this connection inserted (SQLite)."""
+    return int(connection.exec_driver_sql("SELECT last_insert_rowid()").scalar_one())
 
 
 def insert_ignoring_duplicates(connection: Connection, table: Table) -> Insert:
