@@ -75,7 +75,9 @@ def quoted_size(hint: str, before: str) -> tuple[float, float]:
 def assert_quotes_peak(hint: str, before: str, peak_rss_bytes: int | None) -> None:
     quoted, rounding = quoted_size(hint, before)
     assert peak_rss_bytes, "the worker sampled no RSS"
-    assert abs(quoted - peak_rss_bytes) <= rounding, (hint, peak_rss_bytes)
+    # + 1 byte: a peak of exactly x.x5 MiB is quoted rounded half-way, and float("208.8")
+    # times 2**20 is a hair more than the exact product.
+    assert abs(quoted - peak_rss_bytes) <= rounding + 1, (hint, peak_rss_bytes)
 
 
 def test_a_successful_job_has_no_hint_and_an_unrelated_failure_gets_none(
