@@ -77,9 +77,11 @@ class Workers:
             for process in self.processes:
                 process.wait(timeout=60)
 
-    def log(self) -> str:
-        path = self.directory / "logs" / "batch_job_worker.log"
-        return path.read_text(errors="replace") if path.exists() else ""
+
+def _worker_log(directory: Path) -> str:
+    """What every worker started in `directory` logged (they share one log file)."""
+    path = directory / "logs" / "batch_job_worker.log"
+    return path.read_text(errors="replace") if path.exists() else ""
 
 
 def _queue(url: str, directory: Path) -> Any:
@@ -328,7 +330,7 @@ def scaling(url: str, directory: Path, jobs: int, counts: tuple[int, ...]) -> di
             "jobs_per_s": (len(finished) - 1) / (finished[-1] - finished[0]).total_seconds(),
             "failed": failed,
         }
-    log = Workers(url, directory).log()
+    log = _worker_log(directory)
     queue.close()
     base = rows[str(counts[0])]["jobs_per_s"]
     for row in rows.values():

@@ -597,7 +597,7 @@ class Store:
         wakeups.announce_in_transaction(conn, self.url)
         if len(rows) > 1 and dialects.has_single_writer(conn):
             # SQLAlchemy sends many rows with RETURNING to SQLite one statement each (SQLite does
-            # not promise RETURNING's order); one executemany is five times faster.
+            # not promise RETURNING's order): insert them in one executemany instead.
             conn.execute(_INSERT_JOB, rows)
             last = dialects.last_inserted_id(conn)
             assigned = conn.execute(

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import threading
 
@@ -26,6 +25,8 @@ class Guardian:
     """The worker's end of the pipe to its guardian process."""
 
     def __init__(self, worker_id: str) -> None:
+        import subprocess  # here, not at the top: the guardian process itself never needs it
+
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
             # Its own session: a Ctrl-C in the worker's terminal is not for the guardian.
@@ -37,7 +38,6 @@ class Guardian:
             )
         finally:
             os.close(read_end)
-        self.pid = self._process.pid
         self._pipe = write_end
         self._lock = threading.Lock()
 
