@@ -28,6 +28,7 @@ import psutil
 import pytest
 
 from batchjob.runner import JobSpec, RunControl, RunResult, StopReason, run, watch
+from batchjob.runner.scratch import PrivateTmp
 from batchjob.runner.spawn import SpawnRequest
 from conftest import tmpfs
 
@@ -64,7 +65,7 @@ def run_job(
     drain_grace: float = 1.0,
     control: RunControl | None = None,
     log_path: Path | None = None,
-    tmp_root: Path | None = None,
+    tmp: PrivateTmp | None = None,
 ) -> RunResult:
     spec = JobSpec(
         spawn=SpawnRequest(job_id, 1, "default", command, env or {}, cwd, base_env),
@@ -73,7 +74,7 @@ def run_job(
         timeout=timeout,
         kill_grace=kill_grace,
         drain_grace=drain_grace,
-        tmp_root=tmp_root,
+        tmp=tmp,
     )
     return run(spec, control or RunControl())
 
@@ -363,7 +364,7 @@ def test_the_child_sees_a_hermetic_environment_and_a_private_tmpdir(tmp_path: Pa
         job_id=6,
         base_env=base_env,
         env={"CHOSEN": "job", "JOB_ONLY": "第六竹石"},
-        tmp_root=tmp_root,
+        tmp=(tmp := PrivateTmp(tmp_root)),
     )
 
     assert result.exit_code == 0
@@ -389,8 +390,38 @@ def test_the_child_sees_a_hermetic_environment_and_a_private_tmpdir(tmp_path: Pa
     assert environ["BATCH_JOB_PROGRESS_FD"].isdigit() and seen["progress_fd_is_pipe"]
     assert not set(WORKER_SECRETS) & set(environ)
     tmpdir = Path(environ["TMPDIR"])
-    assert seen["tmpdir_is_dir"] and tmpdir.parent == tmp_root
-    assert not tmpdir.exists()
+    assert seen["tmpdir_is_dir"] and tmpdir == tmp.path and tmpdir.parent == tmp_root
+    tmp.remove()
+    assert list(tmp_root.iterdir()) == []
+
+
+def test_each_job_of_a_slot_finds_its_tmpdir_empty_whatever_the_last_one_left(
+    tmp_path: Path,
+) -> None:
+    tmp_root, elsewhere = tmp_path / "tmp", tmp_path / "elsewhere"
+    tmp_root.mkdir()
+    elsewhere.mkdir()
+    (elsewhere / "keep").write_text("not the job's")
+    tmp = PrivateTmp(tmp_root)
+    leave_a_mess = (
+        'cd "$TMPDIR" && echo 第六竹石 > file && mkdir -p deep/er && touch deep/er/x '
+        "&& ln -s / link && mkfifo fifo && chmod 500 deep"
+    )
+    replace_it = f'rm -rf "$TMPDIR" && ln -s {elsewhere} "$TMPDIR"'
+    list_it = 'ls -A "$TMPDIR"; echo "$TMPDIR"'
+    listed = {}
+    for job_id, script in enumerate((leave_a_mess, list_it, replace_it, list_it), start=1):
+        given = tmp.path
+        result = run_job(tmp_path, ["/bin/sh", "-c", script], job_id=job_id, tmp=tmp)
+        assert result.exit_code == 0, read_streams(tmp_path, job_id)
+        listed[job_id] = (given, read_streams(tmp_path, job_id).get("stdout", b"").decode().split())
+
+    first, second = listed[2], listed[4]
+    assert first[1] == [str(first[0])], "the second job: the same directory, empty"
+    assert second[1] == [str(second[0])] and second[0] != first[0], "replaced: a new one"
+    assert [path.name for path in elsewhere.iterdir()] == ["keep"], "a link is not followed"
+    assert [path for path in tmp_root.iterdir()] == [tmp.path]
+    tmp.remove()
     assert list(tmp_root.iterdir()) == []
 
 
@@ -531,14 +562,14 @@ def test_a_job_that_cannot_start_is_reported_in_the_result_and_its_log(
     }[case]
     tmp_root = tmp_path / "tmp"
     tmp_root.mkdir()
-    result = run_job(tmp_path, command, cwd=cwd, tmp_root=tmp_root)
+    result = run_job(tmp_path, command, cwd=cwd, tmp=(tmp := PrivateTmp(tmp_root)))
 
     assert result.spawn_error is not None and expected in result.spawn_error
     assert (result.pid, result.exit_code, result.succeeded) == (None, None, False)
     assert f"[batchjob: cannot start the job: {result.spawn_error}]" in notes(
         read_streams(tmp_path)
     )
-    assert list(tmp_root.iterdir()) == []
+    assert list(tmp.path.iterdir()) == []
 
 
 # --- resources ------------------------------------------------------------------------------

@@ -15,7 +15,6 @@ import json
 import os
 import resource
 import selectors
-import shutil
 import signal
 import subprocess
 import threading
@@ -26,6 +25,7 @@ from pathlib import Path
 
 from batchjob.runner import watch
 from batchjob.runner.pump import JobLog
+from batchjob.runner.scratch import PrivateTmp
 from batchjob.runner.spawn import SpawnRequest, start
 
 CHUNK_BYTES = 64 * 1024
@@ -98,7 +98,9 @@ class JobSpec:
     timeout: float | None
     kill_grace: float
     drain_grace: float
-    tmp_root: Path | None = None
+    tmp: PrivateTmp | None = None
+    """The job's TMPDIR, kept by the caller (a worker slot's) and emptied after the run;
+    None: one made for this run alone and removed after it."""
     memory_limit: int | None = None
     """Bytes of RSS for the whole tree; past it, the tree is stopped."""
     stall_timeout: float | None = None
@@ -135,6 +137,17 @@ class RunResult:
 
 def run(spec: JobSpec, control: RunControl) -> RunResult:
     """Run the attempt to its end; never raises for anything the job or the disk does."""
+    tmp = spec.tmp or PrivateTmp()
+    try:
+        return _run(spec, control, tmp)
+    finally:
+        if spec.tmp is None:
+            tmp.remove()
+        else:
+            tmp.reset()
+
+
+def _run(spec: JobSpec, control: RunControl, tmp: PrivateTmp) -> RunResult:
     log = JobLog(spec.log_path, spec.max_log_bytes)
     started = time.monotonic()
     result = RunResult()
@@ -144,7 +157,12 @@ def run(spec: JobSpec, control: RunControl) -> RunResult:
                 log.note("[batchjob: the job's lease ran out before it could start]")
                 log.close()
                 return result
-            spawned = start(spec.spawn, spec.tmp_root)
+            if control.stop_requested:  # stopped (the worker is shutting down) before it ran
+                result.stopped_by = control.stop_reason
+                log.note(f"[batchjob: not started: {control.stop_reason}]")
+                log.close()
+                return result
+            spawned = start(spec.spawn, tmp.path)
             watch.register_main_pid(spawned.process.pid)
             if _fenced(control, result):  # frozen while starting it: before it runs any code
                 spawned.process.kill()  # at once; then whatever it may have started
@@ -166,7 +184,6 @@ def run(spec: JobSpec, control: RunControl) -> RunResult:
         )
     finally:
         watch.forget_main_pid(spawned.process.pid)
-        _remove_tmpdir(spawned.tmpdir)
         result.duration = time.monotonic() - started
         result.log_error = log.disk_error
         log.close()
@@ -443,13 +460,6 @@ def _storable(message: object) -> str:
         text.encode("utf-16", "surrogatepass").decode("utf-16", "replace").replace("\0", "\ufffd")
     )
     return text if len(text) <= MAX_PROGRESS_MESSAGE else text[: MAX_PROGRESS_MESSAGE - 1] + "…"
-
-
-def _remove_tmpdir(tmpdir: Path) -> None:
-    try:
-        tmpdir.rmdir()  # the usual case, and cheap: the job left nothing behind
-    except OSError:
-        shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 def _spawn_error(spec: JobSpec, exc: Exception) -> str:

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import pwd
-import shutil
 import subprocess
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,7 +68,6 @@ class Spawned:
     stdout: int
     stderr: int
     progress: int
-    tmpdir: Path
     env: dict[str, str]
 
 
@@ -103,14 +100,14 @@ def build_environment(request: SpawnRequest, tmpdir: Path, progress_fd: int) -> 
     return env
 
 
-def start(request: SpawnRequest, tmp_root: Path | None = None) -> Spawned:
-    """Start the command; raises OSError when it cannot. Call with watch.spawn_lock held.
+def start(request: SpawnRequest, tmpdir: Path) -> Spawned:
+    """Start the command with TMPDIR=`tmpdir`; raises OSError when it cannot. Call with
+    watch.spawn_lock held.
 
     The progress pipe reaches the child under the reserved low number; straight after the
     spawn that number points at /dev/null again, so the worker holds no write end and the
     pipe ends when the job's processes close it.
     """
-    tmpdir = Path(tempfile.mkdtemp(prefix=f"batchjob-{request.job_id}-", dir=tmp_root))
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     progress_read, progress_write = os.pipe()
@@ -133,7 +130,6 @@ def start(request: SpawnRequest, tmp_root: Path | None = None) -> Spawned:
     except BaseException:
         for descriptor in (out_read, err_read, progress_read):
             os.close(descriptor)
-        shutil.rmtree(tmpdir, ignore_errors=True)
         raise
     finally:
         for descriptor in (out_write, err_write):
@@ -141,7 +137,7 @@ def start(request: SpawnRequest, tmp_root: Path | None = None) -> Spawned:
         placeholder = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         os.dup2(placeholder, slot, inheritable=False)
         os.close(placeholder)
-    return Spawned(process, out_read, err_read, progress_read, tmpdir, env)
+    return Spawned(process, out_read, err_read, progress_read, env)
 
 
 def read_env_file(path: Path) -> dict[str, str]:

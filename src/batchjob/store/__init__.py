@@ -79,6 +79,16 @@ class ClaimedJob:
 
 
 @dataclass(frozen=True)
+class ClaimRequest:
+    """What a worker asks of `claim`: up to `limit` due jobs of `queues` (None: any)."""
+
+    worker_id: str
+    queues: Sequence[str] | None
+    limit: int
+    lease_timeout: float
+
+
+@dataclass(frozen=True)
 class Outcome:
     """How an attempt ended, as the worker reports it to `finish`."""
 
@@ -303,33 +313,8 @@ class Store:
         """Atomically take up to `limit` due jobs, respecting every concurrency_key's limit."""
         if limit <= 0:
             return []
-
-        wanted = {"candidates": limit * CLAIM_CANDIDATE_FACTOR, "queues": list(queues or ())}
-
-        def claim(conn: Connection) -> list[ClaimedJob]:
-            due = _DUE_JOBS[bool(queues), dialects.supports_skip_locked(conn)]
-            candidates = conn.execute(due, wanted).all()
-            chosen = _admit_within_concurrency(conn, candidates, limit)
-            if not chosen:
-                return []
-            token = uuid.uuid4().hex
-            conn.execute(
-                _CLAIM,
-                {"ids": chosen, "token": token, "seconds": lease_timeout, "worker": worker_id},
-            )
-            rows = conn.execute(_CLAIMED, {"ids": chosen, "token": token}).all()
-            claimed = {row.id: _job_from_row(row) for row in rows}
-            _record_events(
-                conn,
-                [
-                    (job, "claimed", f"claimed by {worker_id} for attempt {job.attempt}")
-                    for job in claimed.values()
-                ],
-                worker_id=worker_id,
-            )
-            return [ClaimedJob(claimed[job_id], Lease(job_id, token)) for job_id in chosen]
-
-        return self._run(claim)
+        request = ClaimRequest(worker_id, queues, limit, lease_timeout)
+        return self._run(lambda conn: _claim(conn, request))
 
     def renew_leases(
         self,
@@ -377,42 +362,23 @@ class Store:
         )
 
     def finish(self, lease: Lease, outcome: Outcome) -> bool:
-        """Record how the attempt ended; PENDING means: try again after `retry_delay`."""
-        values: dict[str, Any] = {
-            "status": outcome.status.value,
-            "exit_code": outcome.exit_code,
-            "signal": outcome.signal,
-            "failure_reason": outcome.failure_reason.value if outcome.failure_reason else None,
-            "error_summary": outcome.error_summary,
-            "hint": outcome.hint,
-            "peak_rss_bytes": outcome.peak_rss_bytes,
-            "peak_open_fds": outcome.peak_open_fds,
-            "lease_token": None,
-            "lease_expires_at": None,
-            "stalled_at": None,
-        }
-        if outcome.started is not None:
-            values["pid"], values["log_path"] = outcome.started
-        if outcome.progress is not None:
-            message, current, total = outcome.progress
-            values.update(progress_message=message, progress_current=current, progress_total=total)
-        if outcome.status == JobStatus.PENDING:
-            values["retry_delay"] = outcome.retry_delay or 0.0
-        elif not outcome.status.is_finished:
-            raise ValueError(f"an attempt cannot finish as {outcome.status}")
-        statement = _finish_statement(tuple(values), outcome.status)
-        values.update(job_id=lease.job_id, token=lease.token)
+        """Record how the attempt ended; PENDING means: try again after `retry_delay`.
 
-        def finish(conn: Connection) -> bool:
-            if conn.execute(statement, values).rowcount != 1:
-                return False
-            if outcome.evidence is not None:
-                _record_event(
-                    conn, lease.job_id, "attempt", "the attempt ended", data=outcome.evidence
-                )
-            return True
+        False: the lease was lost meanwhile, and nothing was written.
+        """
+        return self._run(lambda conn: _finish(conn, lease, outcome))
 
-        return self._run(finish)
+    def finish_and_claim(
+        self, lease: Lease, outcome: Outcome, request: ClaimRequest | None
+    ) -> tuple[bool, list[ClaimedJob]]:
+        """`finish`, then `claim` in the same transaction: a slot's next job for one commit."""
+
+        def finish_and_claim(conn: Connection) -> tuple[bool, list[ClaimedJob]]:
+            recorded = _finish(conn, lease, outcome)
+            claimed = _claim(conn, request) if request is not None and request.limit > 0 else []
+            return recorded, claimed
+
+        return self._run(finish_and_claim)
 
     def rescue_expired(
         self,
@@ -783,6 +749,63 @@ def _due_jobs_query(with_queues: bool, lock_rows: bool) -> Any:
     if lock_rows:
         query = query.with_for_update(skip_locked=True, of=jobs)
     return query
+
+
+def _claim(conn: Connection, request: ClaimRequest) -> list[ClaimedJob]:
+    queues = request.queues
+    wanted = {"candidates": request.limit * CLAIM_CANDIDATE_FACTOR, "queues": list(queues or ())}
+    due = _DUE_JOBS[bool(queues), dialects.supports_skip_locked(conn)]
+    chosen = _admit_within_concurrency(conn, conn.execute(due, wanted).all(), request.limit)
+    if not chosen:
+        return []
+    token, worker_id = uuid.uuid4().hex, request.worker_id
+    conn.execute(
+        _CLAIM,
+        {"ids": chosen, "token": token, "seconds": request.lease_timeout, "worker": worker_id},
+    )
+    rows = conn.execute(_CLAIMED, {"ids": chosen, "token": token}).all()
+    claimed = {row.id: _job_from_row(row) for row in rows}
+    _record_events(
+        conn,
+        [
+            (job, "claimed", f"claimed by {worker_id} for attempt {job.attempt}")
+            for job in claimed.values()
+        ],
+        worker_id=worker_id,
+    )
+    return [ClaimedJob(claimed[job_id], Lease(job_id, token)) for job_id in chosen]
+
+
+def _finish(conn: Connection, lease: Lease, outcome: Outcome) -> bool:
+    values: dict[str, Any] = {
+        "status": outcome.status.value,
+        "exit_code": outcome.exit_code,
+        "signal": outcome.signal,
+        "failure_reason": outcome.failure_reason.value if outcome.failure_reason else None,
+        "error_summary": outcome.error_summary,
+        "hint": outcome.hint,
+        "peak_rss_bytes": outcome.peak_rss_bytes,
+        "peak_open_fds": outcome.peak_open_fds,
+        "lease_token": None,
+        "lease_expires_at": None,
+        "stalled_at": None,
+    }
+    if outcome.started is not None:
+        values["pid"], values["log_path"] = outcome.started
+    if outcome.progress is not None:
+        message, current, total = outcome.progress
+        values.update(progress_message=message, progress_current=current, progress_total=total)
+    if outcome.status == JobStatus.PENDING:
+        values["retry_delay"] = outcome.retry_delay or 0.0
+    elif not outcome.status.is_finished:
+        raise ValueError(f"an attempt cannot finish as {outcome.status}")
+    statement = _finish_statement(tuple(values), outcome.status)
+    values.update(job_id=lease.job_id, token=lease.token)
+    if conn.execute(statement, values).rowcount != 1:
+        return False
+    if outcome.evidence is not None:
+        _record_event(conn, lease.job_id, "attempt", "the attempt ended", data=outcome.evidence)
+    return True
 
 
 def _admit_within_concurrency(

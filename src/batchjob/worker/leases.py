@@ -64,6 +64,7 @@ class LeaseKeeper(threading.Thread):
         self._jobs: dict[int, Tracked] = {}
         self._lock = threading.Lock()
         self._stopping = threading.Event()
+        self._stopped_all: StopReason | None = None
 
     def track(self, lease: Lease, control: RunControl, granted_at: float) -> Tracked:
         """Keep `lease`, granted by a claim sent at `granted_at` (monotonic)."""
@@ -77,6 +78,8 @@ class LeaseKeeper(threading.Thread):
         )
         with self._lock:
             self._jobs[lease.job_id] = tracked
+            if self._stopped_all is not None:  # claimed by a slot just as the worker stopped
+                control.request_stop(self._stopped_all)
         return tracked
 
     def untrack(self, lease: Lease) -> None:
@@ -84,7 +87,9 @@ class LeaseKeeper(threading.Thread):
             self._jobs.pop(lease.job_id, None)
 
     def stop_all(self, reason: StopReason) -> None:
+        """Stop every job, and any tracked from now on."""
         with self._lock:
+            self._stopped_all = reason
             tracked = list(self._jobs.values())
         for job in tracked:
             job.control.request_stop(reason)

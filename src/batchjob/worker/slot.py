@@ -24,8 +24,9 @@ from batchjob.diagnosis.outcome import explain, retry_delay
 from batchjob.errors import StoreUnavailable
 from batchjob.model import JobStatus
 from batchjob.runner import JobSpec, RunControl, RunResult, StopReason, run
+from batchjob.runner.scratch import PrivateTmp
 from batchjob.runner.spawn import SpawnRequest
-from batchjob.store import ClaimedJob, Outcome, Store
+from batchjob.store import ClaimedJob, ClaimRequest, Outcome, Store
 from batchjob.worker.guardian import Guardian
 from batchjob.worker.leases import LeaseKeeper, Tracked
 from batchjob.worker.outage import Outage
@@ -48,10 +49,22 @@ class SlotContext:
     base_env: Mapping[str, str]
     shutting_down: threading.Event
     outage: Outage
+    next_claim: Callable[[], ClaimRequest | None]
+    """What to claim with an outcome (None: nothing): the slot's next job, same transaction."""
 
 
-def execute(claimed: ClaimedJob, context: SlotContext, granted_at: float) -> None:
-    """Run one claimed attempt and record how it ended (`granted_at`: monotonic claim time)."""
+NextJob = tuple[ClaimedJob, float]
+"""A job claimed with the previous one's outcome, and the monotonic time it was asked for."""
+
+
+def execute(
+    claimed: ClaimedJob, context: SlotContext, granted_at: float, tmp: PrivateTmp
+) -> NextJob | None:
+    """Run one claimed attempt and record how it ended (`granted_at`: monotonic claim time;
+    `tmp`: the slot's TMPDIR for its jobs).
+
+    Returns the job claimed together with the outcome, if any: the slot runs it next.
+    """
     job, lease = claimed.job, claimed.lease
     settings = context.settings
     log_path = (settings.log_dir / "jobs" / f"{job.id}.log").absolute()
@@ -86,6 +99,7 @@ def execute(claimed: ClaimedJob, context: SlotContext, granted_at: float) -> Non
         memory_limit=job.memory_limit,
         stall_timeout=job.stall_timeout,
         stall_action=job.stall_action or "diagnose",
+        tmp=tmp,
     )
     oom_kills_before = oom_kill_count()
     log.info(
@@ -98,7 +112,7 @@ def execute(claimed: ClaimedJob, context: SlotContext, granted_at: float) -> Non
         context.keeper.untrack(lease)
         context.guardian.job_ended(job.id)
         stall_writer.shutdown(wait=True)  # its writes are fenced: before the outcome's
-    _record(claimed, result, tracked, context, oom_kills_before)
+    return _record(claimed, result, tracked, context, oom_kills_before)
 
 
 def _stall_changed(
@@ -140,13 +154,13 @@ def _record(
     tracked: Tracked,
     context: SlotContext,
     oom_kills_before: int | None,
-) -> None:
+) -> NextJob | None:
     job, lease = claimed.job, claimed.lease
     ended = f"duration={result.duration:.3f}s exit={result.exit_code} signal={result.signal}"
     if result.stopped_by == StopReason.LEASE_LOST:
         log.warning("action=abandoned job_id=%d %s reason=lease_lost", job.id, ended)
         _record_lost_lease(context, job.id, "the attempt lost its lease and was stopped")
-        return
+        return None
     if result.stopped_by == StopReason.SHUTDOWN:
         released = _write(
             context,
@@ -155,7 +169,7 @@ def _record(
             ),
         )
         log.info("action=released job_id=%d %s released=%s", job.id, ended, released)
-        return
+        return None
     evidence_of_oom = (
         oom_evidence(result.pid, oom_kills_before)
         if result.signal == signal.SIGKILL and result.stopped_by is None and result.pid
@@ -200,9 +214,18 @@ def _record(
         )  # fmt: skip
     else:
         log.info("action=%s job_id=%d %s reason=%s", status, job.id, ended, verdict.failure_reason)
-    if not _write(context, lambda: context.store.finish(lease, outcome)):
+    asked_at = time.monotonic()
+
+    def finish_and_claim() -> tuple[bool, list[ClaimedJob]]:
+        nonlocal asked_at
+        asked_at = time.monotonic()  # again for each try: the next lease runs from the last
+        return context.store.finish_and_claim(lease, outcome, context.next_claim())
+
+    recorded, claimed_next = _write(context, finish_and_claim) or (False, [])
+    if not recorded:
         log.warning("action=result_not_recorded job_id=%d: the lease was lost meanwhile", job.id)
         _record_lost_lease(context, job.id, f"the attempt ended ({ended}) after losing its lease")
+    return (claimed_next[0], asked_at) if claimed_next else None
 
 
 def _record_lost_lease(context: SlotContext, job_id: int, what: str) -> None:

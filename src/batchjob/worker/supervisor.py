@@ -26,8 +26,9 @@ from batchjob import __version__
 from batchjob.config import Settings
 from batchjob.errors import StoreUnavailable
 from batchjob.runner import StopReason, watch
+from batchjob.runner.scratch import PrivateTmp
 from batchjob.runner.spawn import read_env_file, reserve_progress_fd
-from batchjob.store import ClaimedJob, Store, WorkerRegistration
+from batchjob.store import ClaimedJob, ClaimRequest, Store, WorkerRegistration
 from batchjob.worker.guardian import Guardian
 from batchjob.worker.leases import LeaseKeeper
 from batchjob.worker.maintenance import (
@@ -38,7 +39,7 @@ from batchjob.worker.maintenance import (
     sweep_stale_processes,
 )
 from batchjob.worker.outage import Outage
-from batchjob.worker.slot import SlotContext, execute
+from batchjob.worker.slot import NextJob, SlotContext, execute
 
 WORKER_LOG_NAME = "batch_job_worker.log"
 # Below this much free space in log_dir the worker stops claiming: a job whose log cannot be
@@ -66,7 +67,10 @@ class Worker:
         self._stopping = threading.Event()
         self._hurry = threading.Event()
         self._wake = threading.Event()
-        self._slots: dict[int, tuple[threading.Thread, ClaimedJob]] = {}
+        self._slots: dict[threading.Thread, ClaimedJob] = {}
+        """Each slot's thread and the job it runs now."""
+        self._slot_numbers = itertools.count(1)
+        self._claiming_paused = False
         self._log_handler: logging.Handler | None = None
 
     # ---- lifecycle ------------------------------------------------------------------------
@@ -90,6 +94,7 @@ class Worker:
             base_env=self._base_environment(),
             shutting_down=self._stopping,
             outage=outage,
+            next_claim=self._next_claim,
         )
         services = (
             Rescuer(store, self.host, worker.lease_timeout, worker.max_lost_attempts),
@@ -130,14 +135,14 @@ class Worker:
         outage: Outage,
     ) -> None:
         database_failures = 0
-        low_space_reported = False
         while not self._stopping.is_set():
             self._collect_finished()
             try:
                 for service in services:
                     service.run_if_due(time.monotonic())
                 free = self.concurrency - len(self._slots)
-                if free > 0 and not (low_space_reported := self._log_space_low(low_space_reported)):
+                self._claiming_paused = self._log_space_low(self._claiming_paused)
+                if free > 0 and not self._claiming_paused:
                     asked_at = time.monotonic()  # the leases run from no earlier than this
                     for claimed in store.claim(
                         self.worker_id, self.queues, free, self.settings.worker.lease_timeout
@@ -160,28 +165,45 @@ class Worker:
             self._wake.clear()
 
     def _start(self, claimed: ClaimedJob, context: SlotContext, granted_at: float) -> None:
-        log.info(
-            "action=claimed job_id=%d attempt=%d worker_id=%s",
-            claimed.job.id, claimed.job.attempt, self.worker_id,
-        )  # fmt: skip
+        """A slot: runs the job, then each next one claimed with its predecessor's outcome."""
+
+        name = f"slot{next(self._slot_numbers)}"
 
         def work() -> None:
+            tmp = PrivateTmp(prefix=f"batchjob-{os.getpid()}-{name}-")
+            job: NextJob | None = (claimed, granted_at)
             try:
-                execute(claimed, context, granted_at)
-            except Exception:
-                log.exception("action=slot_crashed job_id=%d", claimed.job.id)
+                while job is not None:
+                    current, granted = job
+                    self._slots[threading.current_thread()] = current
+                    log.info(
+                        "action=claimed job_id=%d attempt=%d worker_id=%s",
+                        current.job.id, current.job.attempt, self.worker_id,
+                    )  # fmt: skip
+                    try:
+                        job = execute(current, context, granted, tmp)
+                    except Exception:
+                        log.exception("action=slot_crashed job_id=%d", current.job.id)
+                        job = None
             finally:
+                tmp.remove()
                 self._wake.set()
 
-        thread = threading.Thread(target=work, name=f"job-{claimed.job.id}", daemon=True)
-        self._slots[claimed.job.id] = (thread, claimed)
+        thread = threading.Thread(target=work, name=name, daemon=True)
+        self._slots[thread] = claimed
         thread.start()
 
+    def _next_claim(self) -> ClaimRequest | None:
+        """What a slot whose job ended asks for with its outcome: one more, unless stopping."""
+        if self._stopping.is_set() or self._claiming_paused:
+            return None
+        return ClaimRequest(self.worker_id, self.queues, 1, self.settings.worker.lease_timeout)
+
     def _collect_finished(self) -> None:
-        for job_id, (thread, _claimed) in list(self._slots.items()):
+        for thread in list(self._slots):
             if not thread.is_alive():
                 thread.join()
-                del self._slots[job_id]
+                del self._slots[thread]
 
     def _shut_down(self, keeper: LeaseKeeper) -> None:
         """Let running jobs finish within shutdown_grace, then stop and release them."""
@@ -195,10 +217,10 @@ class Worker:
             self._wake.wait(min(0.2, max(deadline - time.monotonic(), 0)))
             self._wake.clear()
             self._collect_finished()
-        for _thread, claimed in self._slots.values():
+        for claimed in list(self._slots.values()):
             log.info("action=shutdown_stopping job_id=%d", claimed.job.id)
         keeper.stop_all(StopReason.SHUTDOWN)
-        for thread, _claimed in list(self._slots.values()):
+        for thread in list(self._slots):
             thread.join()
         self._collect_finished()
 
