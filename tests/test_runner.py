@@ -626,6 +626,17 @@ def test_a_job_whose_lease_ran_out_before_it_started_is_not_started(tmp_path: Pa
     assert b"lease ran out before it could start" in (tmp_path / "job-1.log").read_bytes()
 
 
+def test_a_job_stopped_before_it_started_is_not_started(tmp_path: Path) -> None:
+    """A slot may claim its next job just as the worker stops: that job must not run."""
+    marker = tmp_path / "ran"
+    control = RunControl()
+    control.request_stop(StopReason.SHUTDOWN)
+    result = run_job(tmp_path, ["sh", "-c", f"touch {marker}"], control=control)
+    assert (result.pid, result.stopped_by) == (None, StopReason.SHUTDOWN)
+    assert not marker.exists()
+    assert b"[batchjob: not started: shutdown]" in (tmp_path / "job-1.log").read_bytes()
+
+
 def test_a_running_job_is_killed_when_its_lease_fence_passes(tmp_path: Path) -> None:
     control = RunControl()
     control.fence_at = time.monotonic() + 0.5

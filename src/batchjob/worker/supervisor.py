@@ -191,6 +191,8 @@ class Worker:
                     except Exception:
                         log.exception("action=slot_crashed job_id=%d", current.job.id)
                         job = None
+                    if job is not None and len(self._slots) < self.concurrency:
+                        self._wake.set()  # there is work: the idle slots may claim too
             finally:
                 tmp.remove()
                 self._wake.set()
