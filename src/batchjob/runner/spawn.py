@@ -8,6 +8,7 @@ database URL with its password) never reaches the job.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import subprocess
@@ -158,6 +159,7 @@ def read_env_file(path: Path) -> dict[str, str]:
     return env
 
 
+@functools.cache  # /etc/passwd, read once per worker rather than once per job
 def _home_directory() -> str:
     try:
         return pwd.getpwuid(os.getuid()).pw_dir or "/"
