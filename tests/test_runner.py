@@ -364,7 +364,7 @@ def test_the_child_sees_a_hermetic_environment_and_a_private_tmpdir(tmp_path: Pa
         job_id=6,
         base_env=base_env,
         env={"CHOSEN": "job", "JOB_ONLY": "第六竹石"},
-        tmp=(tmp := PrivateTmp(tmp_root)),
+        tmp=(tmp := PrivateTmp(root=tmp_root)),
     )
 
     assert result.exit_code == 0
@@ -402,7 +402,7 @@ def test_each_job_of_a_slot_finds_its_tmpdir_empty_whatever_the_last_one_left(
     tmp_root.mkdir()
     elsewhere.mkdir()
     (elsewhere / "keep").write_text("not the job's")
-    tmp = PrivateTmp(tmp_root)
+    tmp = PrivateTmp(root=tmp_root)
     leave_a_mess = (
         'cd "$TMPDIR" && echo 第六竹石 > file && mkdir -p deep/er && touch deep/er/x '
         "&& ln -s / link && mkfifo fifo && chmod 500 deep"
@@ -562,7 +562,7 @@ def test_a_job_that_cannot_start_is_reported_in_the_result_and_its_log(
     }[case]
     tmp_root = tmp_path / "tmp"
     tmp_root.mkdir()
-    result = run_job(tmp_path, command, cwd=cwd, tmp=(tmp := PrivateTmp(tmp_root)))
+    result = run_job(tmp_path, command, cwd=cwd, tmp=(tmp := PrivateTmp(root=tmp_root)))
 
     assert result.spawn_error is not None and expected in result.spawn_error
     assert (result.pid, result.exit_code, result.succeeded) == (None, None, False)
@@ -570,6 +570,17 @@ def test_a_job_that_cannot_start_is_reported_in_the_result_and_its_log(
         read_streams(tmp_path)
     )
     assert list(tmp.path.iterdir()) == []
+
+
+def test_a_job_whose_tmpdir_cannot_be_made_fails_to_start_and_says_why(tmp_path: Path) -> None:
+    marker = tmp_path / "ran"
+    missing = tmp_path / "no-such-tmp"
+    tmp = PrivateTmp(root=missing)
+    result = run_job(tmp_path, ["sh", "-c", f"touch {marker}"], tmp=tmp)
+    expected = f"cannot make the job's TMPDIR in {missing}: No such file or directory"
+    assert result.spawn_error == expected
+    assert (result.pid, result.succeeded) == (None, False) and not marker.exists()
+    assert result.spawn_error in notes(read_streams(tmp_path))
 
 
 # --- resources ------------------------------------------------------------------------------

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from batchjob.runner import watch
 from batchjob.runner.pump import JobLog
-from batchjob.runner.scratch import PrivateTmp
+from batchjob.runner.scratch import PrivateTmp, TmpdirUnavailable
 from batchjob.runner.spawn import SpawnRequest, start
 
 CHUNK_BYTES = 64 * 1024
@@ -463,6 +463,8 @@ def _storable(message: object) -> str:
 
 
 def _spawn_error(spec: JobSpec, exc: Exception) -> str:
+    if isinstance(exc, TmpdirUnavailable):
+        return str(exc)
     command = spec.spawn.command[0] if spec.spawn.command else "?"
     if isinstance(exc, FileNotFoundError) and spec.spawn.cwd and not os.path.isdir(spec.spawn.cwd):
         return f"the working directory {spec.spawn.cwd} does not exist"

@@ -16,19 +16,42 @@ import tempfile
 from pathlib import Path
 
 
-class PrivateTmp:
-    """One directory at a time under `root` (the system's temporary directory by default)."""
+class TmpdirUnavailable(OSError):
+    """The temporary directory's root is missing, read-only or full."""
 
-    def __init__(self, root: Path | None = None, prefix: str = "batchjob-") -> None:
-        self._root, self._prefix = root, prefix
-        self.path = self._make()
+
+class PrivateTmp:
+    """One directory at a time under `root` (the system's temporary directory by default),
+    made when first asked for: where it cannot be made, the job that needs it fails to start
+    with the reason, and the worker goes on."""
+
+    def __init__(self, prefix: str = "batchjob-", root: Path | None = None) -> None:
+        self._prefix, self._root = prefix, root
+        self._path: Path | None = None
+        self._identity = (0, 0)
+
+    @property
+    def path(self) -> Path:
+        """The directory; raises OSError when it cannot be made."""
+        if self._path is None:
+            try:
+                self._path = Path(tempfile.mkdtemp(prefix=self._prefix, dir=self._root))
+            except OSError as exc:
+                root = self._root or tempfile.gettempdir()
+                why = f"cannot make the job's TMPDIR in {root}: {exc.strerror or exc}"
+                raise TmpdirUnavailable(why) from exc
+            made = os.lstat(self._path)
+            self._identity = (made.st_dev, made.st_ino)
+        return self._path
 
     def reset(self) -> None:
         """Empty it for the next job; what the job made unremovable or put in its place is
-        swept aside and a new directory made."""
+        swept aside, and the next job gets a new directory."""
+        if self._path is None:
+            return
         try:
-            if self._is_ours():
-                with os.scandir(self.path) as listing:
+            if self._is_ours(self._path):
+                with os.scandir(self._path) as listing:
                     entries = list(listing)
                 for entry in entries:
                     if entry.is_dir(follow_symlinks=False):
@@ -39,24 +62,20 @@ class PrivateTmp:
         except OSError:
             pass
         self.remove()
-        self.path = self._make()
 
     def remove(self) -> None:
+        path, self._path = self._path, None
+        if path is None:
+            return
         try:
-            if os.path.isdir(self.path) and not os.path.islink(self.path):
-                shutil.rmtree(self.path, ignore_errors=True)
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
             else:
-                os.unlink(self.path)
+                os.unlink(path)
         except OSError:
             pass
 
-    def _make(self) -> Path:
-        path = Path(tempfile.mkdtemp(prefix=self._prefix, dir=self._root))
-        made = os.lstat(path)
-        self._identity = (made.st_dev, made.st_ino)
-        return path
-
-    def _is_ours(self) -> bool:
+    def _is_ours(self, path: Path) -> bool:
         """Still the directory made here, not one the job removed and replaced (or a link)."""
-        found = os.lstat(self.path)
+        found = os.lstat(path)
         return stat.S_ISDIR(found.st_mode) and (found.st_dev, found.st_ino) == self._identity

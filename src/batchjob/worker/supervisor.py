@@ -75,6 +75,9 @@ class Worker:
         self._slots: dict[threading.Thread, ClaimedJob] = {}
         """Each slot's thread and the job it runs now."""
         self._slot_numbers = itertools.count(1)
+        self._spare_tmps: list[PrivateTmp] = []
+        """TMPDIRs of slots that ended, for the next ones: not a directory made per job."""
+        self._tmp_prefix = f"batchjob-{os.getpid()}-"
         self._claiming_paused = False
         self._log_handler: logging.Handler | None = None
 
@@ -125,6 +128,8 @@ class Worker:
             if stop_listening is not None:
                 stop_listening()
             self._shut_down(keeper)
+            for tmp in self._spare_tmps:
+                tmp.remove()
             keeper.close()
             guardian.close()
             with contextlib.suppress(StoreUnavailable):
@@ -172,11 +177,9 @@ class Worker:
 
     def _start(self, claimed: ClaimedJob, context: SlotContext, granted_at: float) -> None:
         """A slot: runs the job, then each next one claimed with its predecessor's outcome."""
-
-        name = f"slot{next(self._slot_numbers)}"
+        tmp = self._spare_tmps.pop() if self._spare_tmps else PrivateTmp(self._tmp_prefix)
 
         def work() -> None:
-            tmp = PrivateTmp(prefix=f"batchjob-{os.getpid()}-{name}-")
             job: NextJob | None = (claimed, granted_at)
             try:
                 while job is not None:
@@ -194,10 +197,10 @@ class Worker:
                     if job is not None and len(self._slots) < self.concurrency:
                         self._wake.set()  # there is work: the idle slots may claim too
             finally:
-                tmp.remove()
+                self._spare_tmps.append(tmp)
                 self._wake.set()
 
-        thread = threading.Thread(target=work, name=name, daemon=True)
+        thread = threading.Thread(target=work, name=f"slot{next(self._slot_numbers)}", daemon=True)
         self._slots[thread] = claimed
         thread.start()
 
