@@ -77,7 +77,16 @@ def repeated_attempts(runs: list[Run]) -> list[str]:
 
 
 def orphans(runs: list[Run], faults: list[Fault]) -> list[tuple[Fault, Run]]:
-    """The runs a fault took the worker away from (killed, frozen or cut off) mid-way."""
+    """The runs a fault took the worker away from (killed, frozen or cut off) mid-way.
+
+    A run records every 0.25 s, so one whose last record is up to 0.5 s before the fault
+    counts; unless a job kill had ended it already (its retry then waits its backoff and
+    its turn, which says nothing of how fast orphans are rescued).
+    """
+    killed_at: dict[int, list[float]] = defaultdict(list)
+    for fault in faults:
+        if fault.kind == "job_kill":
+            killed_at[int(fault.target.removeprefix("job "))].append(fault.at)
     found = []
     for fault in faults:
         if fault.worker_pid is None:
@@ -85,7 +94,8 @@ def orphans(runs: list[Run], faults: list[Fault]) -> list[tuple[Fault, Run]]:
         marker = f":{fault.worker_pid}:"
         for run in runs:
             mid_way = run.start <= fault.at <= run.last + 0.5
-            if marker in f"{run.worker_id}:" and not run.ended and mid_way:
+            killed = any(run.start <= kill <= fault.at for kill in killed_at[run.job_id])
+            if marker in f"{run.worker_id}:" and not run.ended and mid_way and not killed:
                 found.append((fault, run))
     return found
 
