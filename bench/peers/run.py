@@ -324,10 +324,13 @@ def prepare_stores(args: argparse.Namespace) -> dict[str, str]:
     return unavailable
 
 
-def clean_stores(args: argparse.Namespace) -> list[str]:
+def clean_stores(args: argparse.Namespace, unavailable: dict[str, str]) -> list[str]:
+    """Empty what `prepare_stores` made; a Redis it could not reach (or whose client this
+    virtualenv lacks, as `make bench`'s, which runs batchjob alone) was not used."""
     problems = []
     try:
-        common.flush_redis()
+        if "redis" not in unavailable:
+            common.flush_redis()
     except Exception as error:
         problems.append(f"flush redis: {describe(error)}")
     try:
@@ -464,6 +467,7 @@ def main() -> int:
     load_before = os.getloadavg()
     log(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {load_before[0]:.2f}")
     rows: list[dict[str, Any]] = []
+    unavailable: dict[str, str] = {}
     try:
         unavailable = prepare_stores(args)
         for name in names:
@@ -471,7 +475,7 @@ def main() -> int:
             rows.append(bench.measure(name, unavailable))
     finally:
         left = stop_everything(tag)
-        problems = clean_stores(args)
+        problems = clean_stores(args, unavailable)
         if args.keep_scratch:
             log(f"scratch kept in {scratch}")
         else:
