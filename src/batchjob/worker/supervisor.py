@@ -77,7 +77,6 @@ class Worker:
         self._slot_numbers = itertools.count(1)
         self._spare_tmps: list[PrivateTmp] = []
         """TMPDIRs of slots that ended, for the next ones: not a directory made per job."""
-        self._tmp_prefix = f"batchjob-{os.getpid()}-"
         self._claiming_paused = False
         self._log_handler: logging.Handler | None = None
 
@@ -177,7 +176,7 @@ class Worker:
 
     def _start(self, claimed: ClaimedJob, context: SlotContext, granted_at: float) -> None:
         """A slot: runs the job, then each next one claimed with its predecessor's outcome."""
-        tmp = self._spare_tmps.pop() if self._spare_tmps else PrivateTmp(self._tmp_prefix)
+        tmp = self._spare_tmps.pop() if self._spare_tmps else PrivateTmp(f"batchjob-{os.getpid()}-")
 
         def work() -> None:
             job: NextJob | None = (claimed, granted_at)
