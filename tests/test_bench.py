@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from batchjob.worker.leases import TICK_SECONDS
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -28,4 +30,5 @@ def test_the_suite_measures_each_figure_against_its_baseline(tmp_path: Path) -> 
     # Claim and finish at least (a job shorter than the lease keeper's half-second tick may
     # have its progress written with its outcome); at most two writes a tick besides.
     reporting = progress["reporting"]
-    assert 2 <= reporting["row_updates"] <= 2 + 2 * (reporting["run_seconds"] / 0.5 + 1)
+    ticks = reporting["run_seconds"] / TICK_SECONDS + 1
+    assert 2 <= reporting["row_updates"] <= 2 + 2 * ticks

@@ -119,13 +119,7 @@ def main() -> int:
     args = parser.parse_args()
     kinds = [kind for kind in args.databases.split(",") if kind]
     names = [name for name in args.figures.split(",") if name]
-    if set(kinds) - set(KINDS) or set(names) - {
-        "enqueue",
-        "output",
-        "claim_cost",
-        "progress",
-        "scaling",
-    }:
+    if set(kinds) - set(KINDS) or set(names) - set(FIGURES):
         parser.error("unknown database or figure")
     size = SMOKE if args.smoke else FULL
     print(

@@ -214,11 +214,11 @@ def _record(
         )  # fmt: skip
     else:
         log.info("action=%s job_id=%d %s reason=%s", status, job.id, ended, verdict.failure_reason)
-    asked_at = time.monotonic()
+    asked_at = 0.0  # set by each try: the next job's lease runs from the one that succeeded
 
     def finish_and_claim() -> tuple[bool, list[ClaimedJob]]:
         nonlocal asked_at
-        asked_at = time.monotonic()  # again for each try: the next lease runs from the last
+        asked_at = time.monotonic()
         return context.store.finish_and_claim(lease, outcome, context.next_claim())
 
     recorded, claimed_next = _write(context, finish_and_claim) or (False, [])
