@@ -182,15 +182,22 @@ def test_sigkill_of_the_worker_takes_its_jobs_with_it_then_another_rescues(
     workers: Workers, queue: Queue
 ) -> None:
     workers.configure('[worker]\nlease_timeout = "2s"\n')
-    script = 'if [ "$BATCH_JOB_ATTEMPT" = 1 ]; then setsid sleep 300 & sleep 300; fi; echo done'
+    told = workers.directory / "tmpdir"
+    first_attempt = f'echo "$TMPDIR" > {told}; touch "$TMPDIR/half"; setsid sleep 300 & sleep 300'
+    script = f'if [ "$BATCH_JOB_ATTEMPT" = 1 ]; then {first_attempt}; fi; echo done'
     job = queue.enqueue(["sh", "-c", script], retries=2)
     first = workers.start()
-    wait_until(lambda: len(job_processes(job.id, first)) >= 2)
+    wait_until(lambda: len(job_processes(job.id, first)) >= 2 and told.exists())
+    job_tmpdir = Path(told.read_text().strip())
+    assert (job_tmpdir / "half").exists()
     first.kill()
     first.wait()
     gone_after = time.monotonic()
     wait_until(lambda: job_processes(job.id, first) == [], timeout=5, interval=0.05)
     assert time.monotonic() - gone_after < 5
+    # Its guardian removed the killed worker's job TMPDIRs too.
+    wait_until(lambda: not job_tmpdir.exists(), timeout=5, interval=0.05)
+    assert list(job_tmpdir.parent.glob(f"batchjob-{first.pid}-*")) == []
     workers.start()
     finished = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j)
     assert finished.status == JobStatus.COMPLETED

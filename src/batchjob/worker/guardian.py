@@ -5,8 +5,9 @@ The worker tells it which jobs run (`+<job_id> <pid>`) and which ended (`-<job_i
 the worker dies — SIGKILL, the OOM killer, a crash — the kernel closes the pipe, the
 guardian reads EOF and kills every process of the jobs still listed: those in the job's
 session and those carrying its BATCH_JOB_ID with this worker's BATCH_JOB_WORKER (a
-double-forked daemon included; another worker's jobs never). A clean exit closes the pipe
-too, with no job listed.
+double-forked daemon included; another worker's jobs never), then removes the worker's
+job TMPDIRs (`<scratch prefix>*`), which no one else would. A clean exit closes the pipe too,
+with no job listed and the TMPDIRs already gone.
 
 The guardian is this file run by a fresh interpreter, not a fork of the worker: a fork would
 keep a copy of everything the worker imported (SQLAlchemy alone is 28 MiB of RSS) for a
@@ -16,6 +17,7 @@ process that only reads a pipe. So this module imports nothing of batchjob.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -24,14 +26,15 @@ import threading
 class Guardian:
     """The worker's end of the pipe to its guardian process."""
 
-    def __init__(self, worker_id: str) -> None:
+    def __init__(self, worker_id: str, scratch_prefix: str) -> None:
+        """`scratch_prefix`: the path every job TMPDIR of this worker starts with."""
         import subprocess  # here, not at the top: the guardian process itself never needs it
 
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
             # Its own session: a Ctrl-C in the worker's terminal is not for the guardian.
             self._process = subprocess.Popen(
-                [sys.executable, "-I", __file__, worker_id],
+                [sys.executable, "-I", __file__, worker_id, scratch_prefix],
                 stdin=read_end,
                 stdout=subprocess.DEVNULL,
                 start_new_session=True,
@@ -61,7 +64,7 @@ class Guardian:
                 os.write(self._pipe, line.encode())
 
 
-def _guard(read_end: int, worker_id: str) -> None:
+def _guard(read_end: int, worker_id: str, scratch_prefix: str) -> None:
     """The guardian's whole life: follow the list of running jobs until the pipe closes."""
     for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(signum, signal.SIG_IGN)  # a Ctrl-C or `systemctl stop` is for the worker
@@ -85,27 +88,49 @@ def _guard(read_end: int, worker_id: str) -> None:
                 running.pop(text[1:], None)
     if running:
         _kill_jobs(running, worker_id)
+    _remove_scratch(scratch_prefix)
 
 
 def _kill_jobs(running: dict[str, int], worker_id: str) -> None:
+    """SIGKILL the jobs' processes and wait (a few seconds at most) until they are gone."""
     import psutil  # only now: an idle guardian stays the size of a bare interpreter
 
     sessions = set(running.values())
     job_ids = set(running)
     me = os.getpid()
+    killed = []
     for process in psutil.process_iter(["pid"]):
         if process.pid == me:
             continue
         try:
-            if os.getsid(process.pid) in sessions:
-                process.kill()
-                continue
-            env = process.environ()
-            if env.get("BATCH_JOB_WORKER") == worker_id and env.get("BATCH_JOB_ID") in job_ids:
-                process.kill()
+            if os.getsid(process.pid) not in sessions:
+                env = process.environ()
+                ours = env.get("BATCH_JOB_WORKER") == worker_id
+                if not ours or env.get("BATCH_JOB_ID") not in job_ids:
+                    continue
+            process.kill()
+            killed.append(process)
         except (psutil.Error, OSError):
+            continue
+    psutil.wait_procs(killed, timeout=5)
+
+
+def _remove_scratch(prefix: str) -> None:
+    """Remove the worker's job TMPDIRs; a job may have put a link or a file in one's place."""
+    parent, name = os.path.split(prefix)
+    try:
+        entries = [entry for entry in os.scandir(parent) if entry.name.startswith(name)]
+    except OSError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            else:
+                os.unlink(entry.path)
+        except OSError:
             continue
 
 
 if __name__ == "__main__":
-    _guard(sys.stdin.fileno(), sys.argv[1])
+    _guard(sys.stdin.fileno(), sys.argv[1], sys.argv[2])

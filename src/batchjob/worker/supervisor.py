@@ -18,9 +18,11 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from types import FrameType
 
 from batchjob import __version__
@@ -68,7 +70,12 @@ class Worker:
         self.queues = list(queues) if queues else settings.worker.queues
         self.burst = burst
         self.host = socket.gethostname()
-        self.worker_id = f"{self.host}:{os.getpid()}:{secrets.token_hex(3)}"
+        token = secrets.token_hex(3)
+        self.worker_id = f"{self.host}:{os.getpid()}:{token}"
+        self._scratch_root = Path(tempfile.gettempdir())
+        self._scratch_name = f"batchjob-{os.getpid()}-{token}-"
+        """Its jobs' TMPDIRs are `<scratch root>/<scratch name>*`: its guardian removes them if
+        the worker is killed."""
         self._stopping = threading.Event()
         self._hurry = threading.Event()
         self._wake = threading.Event()
@@ -87,7 +94,7 @@ class Worker:
         reserve_progress_fd()  # before anything else takes the low descriptor numbers
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
         self._open_log()
-        guardian = Guardian(self.worker_id)
+        guardian = Guardian(self.worker_id, str(self._scratch_root / self._scratch_name))
         subreaper = watch.become_subreaper()
         store = Store(self.settings.database_url)
         worker = self.settings.worker
@@ -176,7 +183,8 @@ class Worker:
 
     def _start(self, claimed: ClaimedJob, context: SlotContext, granted_at: float) -> None:
         """A slot: runs the job, then each next one claimed with its predecessor's outcome."""
-        tmp = self._spare_tmps.pop() if self._spare_tmps else PrivateTmp(f"batchjob-{os.getpid()}-")
+        spare = self._spare_tmps
+        tmp = spare.pop() if spare else PrivateTmp(self._scratch_name, self._scratch_root)
 
         def work() -> None:
             job: NextJob | None = (claimed, granted_at)
