@@ -212,6 +212,16 @@ def test_unique_key_admits_one_of_many_concurrent_enqueues(store: Store, databas
     assert len(store.list_jobs()) == 1
 
 
+def test_unique_keys_differing_only_in_case_or_accents_are_different_keys(
+    store: Store,
+) -> None:
+    """On MariaDB this holds only with the tables' binary collation (the server's default,
+    utf8mb4_general_ci, takes `Report` for `report` and `café` for `cafe`)."""
+    keys = ["report", "Report", "cafe", "café", "第六竹石"]
+    stored = store.enqueue([NewJob(command=["x"], unique_key=key) for key in keys])
+    assert [store.get(job.id).unique_key for job in stored] == keys
+
+
 def test_unique_key_is_free_again_once_the_holder_finished(store: Store) -> None:
     (holder,) = store.enqueue([NewJob(command=["x"], unique_key="k")])
     with pytest.raises(DuplicateJob) as refused:

@@ -15,11 +15,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from sqlalchemy import Connection, Engine, Float, FunctionElement, Table, event, make_url, text
-from sqlalchemy.dialects import mysql, postgresql, sqlite
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql import ColumnElement, Insert, literal
-from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.compiler import DDLCompiler, SQLCompiler
 
 from batchjob.store.schema import Moment
 
@@ -44,7 +44,7 @@ READ_ONLY_OPTION = "batchjob_read_only"
 class db_now_plus(FunctionElement[Any]):
     """The database's UTC clock plus a number of seconds: leases are judged by one clock."""
 
-    type = Moment
+    type = Moment()
     inherit_cache = True
     name = "db_now_plus"
 
@@ -52,6 +52,14 @@ class db_now_plus(FunctionElement[Any]):
 def db_now() -> ColumnElement[Any]:
     """The database's current UTC time (naive), as every stored time is."""
     return db_now_plus(literal(0.0, Float()))
+
+
+@compiles(CreateTable, "mysql")
+@compiles(CreateTable, "mariadb")
+def _innodb_utf8mb4(create: CreateTable, compiler: DDLCompiler, **kw: Any) -> str:
+    """Every table InnoDB (row locks, SKIP LOCKED) in utf8mb4 with a binary collation."""
+    created = compiler.visit_create_table(create, **kw).rstrip()  # type: ignore[no-untyped-call]
+    return f"{created} ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin\n\n"
 
 
 @compiles(db_now_plus, "sqlite")
@@ -206,11 +214,18 @@ def last_inserted_id(connection: Connection) -> int:
 
 def insert_ignoring_duplicates(connection: Connection, table: Table) -> Insert:
     """INSERT that silently skips rows whose primary key already exists."""
+    # Each dialect's module imported here, when used: the others' would only add to the RSS.
     name = connection.dialect.name
     if name == "postgresql":
+        from sqlalchemy.dialects import postgresql
+
         return postgresql.insert(table).on_conflict_do_nothing()
     if name == "sqlite":
+        from sqlalchemy.dialects import sqlite
+
         return sqlite.insert(table).on_conflict_do_nothing()
+    from sqlalchemy.dialects import mysql
+
     return mysql.insert(table).prefix_with("IGNORE")
 
 
