@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import time
@@ -445,6 +446,28 @@ def test_a_worker_whose_renewal_hangs_on_a_locked_database_still_stops_its_job_i
     finished = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j, timeout=30)
     assert (finished.status, finished.attempt) == (JobStatus.COMPLETED, 2)
     assert marker.read_text().split() == ["1", "2"]
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_claim_that_waited_for_the_write_lock_still_starts_its_job(
+    workers: Workers, queue: Queue, database_url: str
+) -> None:
+    """The lease runs from the claim's UPDATE, not from when the worker asked: a claim stuck
+    3 s behind another process's write lock, longer than 2/3 of the 3 s lease, still runs."""
+    workers.configure('[worker]\nlease_timeout = "3s"\npoll_interval = "50ms"\n')
+    job = queue.enqueue(["sh", "-c", "echo ran"], delay="1s")
+    workers.start()
+    wait_until(lambda: "action=worker_started" in workers.worker_log())
+    holder = sqlite3.connect(make_url(database_url).database or "", timeout=30)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        time.sleep(3)  # the worker's next claim waits on the lock from its start
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+    finished = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j, timeout=30)
+    assert (finished.status, finished.attempt) == (JobStatus.COMPLETED, 1)
+    assert "lease ran out" not in Path(finished.log_path or "").read_text(encoding="utf-8")
 
 
 def test_the_worker_registers_and_records_each_attempts_evidence(

@@ -76,6 +76,11 @@ class Lease:
 class ClaimedJob:
     job: Job
     lease: Lease
+    granted_at: float
+    """This process's monotonic clock just before the claim's UPDATE went out: the database
+    reads its own clock for the lease's expiry after that, so a lease measured from here ends
+    no later than the database's. Not from when the claim was asked for: a claim that waited
+    seconds for SQLite's write lock would start with those seconds already spent."""
 
 
 @dataclass(frozen=True)
@@ -759,6 +764,7 @@ def _claim(conn: Connection, request: ClaimRequest) -> list[ClaimedJob]:
     if not chosen:
         return []
     token, worker_id = uuid.uuid4().hex, request.worker_id
+    granted_at = time.monotonic()
     conn.execute(
         _CLAIM,
         {"ids": chosen, "token": token, "seconds": request.lease_timeout, "worker": worker_id},
@@ -773,7 +779,7 @@ def _claim(conn: Connection, request: ClaimRequest) -> list[ClaimedJob]:
         ],
         worker_id=worker_id,
     )
-    return [ClaimedJob(claimed[job_id], Lease(job_id, token)) for job_id in chosen]
+    return [ClaimedJob(claimed[job_id], Lease(job_id, token), granted_at) for job_id in chosen]
 
 
 def _finish(conn: Connection, lease: Lease, outcome: Outcome) -> bool:

@@ -67,7 +67,7 @@ class LeaseKeeper(threading.Thread):
         self._stopped_all: StopReason | None = None
 
     def track(self, lease: Lease, control: RunControl, granted_at: float) -> Tracked:
-        """Keep `lease`, granted by a claim sent at `granted_at` (monotonic)."""
+        """Keep `lease`, granted by a claim whose UPDATE went out at `granted_at` (monotonic)."""
         tracked = Tracked(lease, control, renewed_at=granted_at)
         control.fence_at = self._fence_after(granted_at)
         control.on_fenced = lambda: log.warning(

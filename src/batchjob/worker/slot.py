@@ -53,15 +53,8 @@ class SlotContext:
     """What to claim with an outcome (None: nothing): the slot's next job, same transaction."""
 
 
-NextJob = tuple[ClaimedJob, float]
-"""A job claimed with the previous one's outcome, and the monotonic time it was asked for."""
-
-
-def execute(
-    claimed: ClaimedJob, context: SlotContext, granted_at: float, tmp: PrivateTmp
-) -> NextJob | None:
-    """Run one claimed attempt and record how it ended (`granted_at`: monotonic claim time;
-    `tmp`: the slot's TMPDIR for its jobs).
+def execute(claimed: ClaimedJob, context: SlotContext, tmp: PrivateTmp) -> ClaimedJob | None:
+    """Run one claimed attempt and record how it ended (`tmp`: the slot's TMPDIR for its jobs).
 
     Returns the job claimed together with the outcome, if any: the slot runs it next.
     """
@@ -69,7 +62,7 @@ def execute(
     settings = context.settings
     log_path = (settings.log_dir / "jobs" / f"{job.id}.log").absolute()
     control = RunControl()
-    tracked = context.keeper.track(lease, control, granted_at)
+    tracked = context.keeper.track(lease, control, claimed.granted_at)
     control.on_progress = tracked.report
     control.on_started = lambda pid: _started(context, tracked, job.id, pid, str(log_path))
     # Stall changes are written off the pump, one after the other in the order they happen
@@ -154,7 +147,7 @@ def _record(
     tracked: Tracked,
     context: SlotContext,
     oom_kills_before: int | None,
-) -> NextJob | None:
+) -> ClaimedJob | None:
     job, lease = claimed.job, claimed.lease
     ended = f"duration={result.duration:.3f}s exit={result.exit_code} signal={result.signal}"
     if result.stopped_by == StopReason.LEASE_LOST:
@@ -214,18 +207,13 @@ def _record(
         )  # fmt: skip
     else:
         log.info("action=%s job_id=%d %s reason=%s", status, job.id, ended, verdict.failure_reason)
-    asked_at = 0.0  # set by each try: the next job's lease runs from the one that succeeded
-
-    def finish_and_claim() -> tuple[bool, list[ClaimedJob]]:
-        nonlocal asked_at
-        asked_at = time.monotonic()
-        return context.store.finish_and_claim(lease, outcome, context.next_claim())
-
-    recorded, claimed_next = _write(context, finish_and_claim) or (False, [])
+    recorded, claimed_next = _write(
+        context, lambda: context.store.finish_and_claim(lease, outcome, context.next_claim())
+    ) or (False, [])
     if not recorded:
         log.warning("action=result_not_recorded job_id=%d: the lease was lost meanwhile", job.id)
         _record_lost_lease(context, job.id, f"the attempt ended ({ended}) after losing its lease")
-    return (claimed_next[0], asked_at) if claimed_next else None
+    return claimed_next[0] if claimed_next else None
 
 
 def _record_lost_lease(context: SlotContext, job_id: int, what: str) -> None:

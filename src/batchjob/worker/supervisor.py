@@ -42,7 +42,7 @@ from batchjob.worker.maintenance import (
     sweep_stale_processes,
 )
 from batchjob.worker.outage import Outage
-from batchjob.worker.slot import NextJob, SlotContext, execute
+from batchjob.worker.slot import SlotContext, execute
 
 WORKER_LOG_NAME = "batch_job_worker.log"
 # Below this much free space in log_dir the worker stops claiming: a job whose log cannot be
@@ -160,11 +160,10 @@ class Worker:
                 free = self.concurrency - len(self._slots)
                 self._claiming_paused = self._log_space_low(self._claiming_paused)
                 if free > 0 and not self._claiming_paused:
-                    asked_at = time.monotonic()  # the leases run from no earlier than this
                     for claimed in store.claim(
                         self.worker_id, self.queues, free, self.settings.worker.lease_timeout
                     ):
-                        self._start(claimed, context, asked_at)
+                        self._start(claimed, context)
                 if self.burst and not self._slots and not store.has_due_jobs(self.queues):
                     log.info("action=burst_done worker_id=%s", self.worker_id)
                     return
@@ -181,28 +180,28 @@ class Worker:
             self._wake.wait(delay)
             self._wake.clear()
 
-    def _start(self, claimed: ClaimedJob, context: SlotContext, granted_at: float) -> None:
+    def _start(self, claimed: ClaimedJob, context: SlotContext) -> None:
         """A slot: runs the job, then each next one claimed with its predecessor's outcome."""
         spare = self._spare_tmps
         tmp = spare.pop() if spare else PrivateTmp(self._scratch_name, self._scratch_root)
 
         def work() -> None:
-            job: NextJob | None = (claimed, granted_at)
+            current: ClaimedJob | None = claimed
             try:
-                while job is not None:
-                    current, granted = job
+                while current is not None:
                     self._slots[threading.current_thread()] = current
                     log.info(
                         "action=claimed job_id=%d attempt=%d worker_id=%s",
                         current.job.id, current.job.attempt, self.worker_id,
                     )  # fmt: skip
                     try:
-                        job = execute(current, context, granted, tmp)
+                        following = execute(current, context, tmp)
                     except Exception:
                         log.exception("action=slot_crashed job_id=%d", current.job.id)
-                        job = None
-                    if job is not None and len(self._slots) < self.concurrency:
+                        following = None
+                    if following is not None and len(self._slots) < self.concurrency:
                         self._wake.set()  # there is work: the idle slots may claim too
+                    current = following
             finally:
                 self._spare_tmps.append(tmp)
                 self._wake.set()
