@@ -197,7 +197,7 @@ def test_sigkill_of_the_worker_takes_its_jobs_with_it_then_another_rescues(
     wait_until(lambda: job_processes(job.id, first) == [], timeout=5, interval=0.05)
     assert time.monotonic() - gone_after < 5
     # Its guardian removed the killed worker's job TMPDIRs too.
-    wait_until(lambda: not job_tmpdir.exists(), timeout=5, interval=0.05)
+    wait_until(lambda: not job_tmpdir.exists(), timeout=10, interval=0.05)
     assert list(job_tmpdir.parent.glob(f"batchjob-{first.pid}-*")) == []
     workers.start()
     finished = wait_until(lambda: (j := queue.get(job.id)).status.is_finished and j)

@@ -163,7 +163,7 @@ def _run(spec: JobSpec, control: RunControl, tmp: PrivateTmp) -> RunResult:
                 log.close()
                 return result
             spawned = start(spec.spawn, tmp.path)
-            watch.register_main_pid(spawned.process.pid)
+            watch.register_own_child(spawned.process.pid)
             if _fenced(control, result):  # frozen while starting it: before it runs any code
                 spawned.process.kill()  # at once; then whatever it may have started
                 watch.signal_all(
@@ -183,7 +183,7 @@ def _run(spec: JobSpec, control: RunControl, tmp: PrivateTmp) -> RunResult:
             {spawned.stdout: "stdout", spawned.stderr: "stderr", spawned.progress: "progress"}
         )
     finally:
-        watch.forget_main_pid(spawned.process.pid)
+        watch.forget_own_child(spawned.process.pid)
         result.duration = time.monotonic() - started
         result.log_error = log.disk_error
         log.close()

@@ -24,7 +24,9 @@ _POLL_SECONDS = 0.05
 # Held while a job is spawned and registered, and while adopted orphans are reaped, so that
 # the reaper never collects the exit status of a job's main process before Popen can.
 spawn_lock = threading.Lock()
-_main_pids: set[int] = set()
+_own_children: set[int] = set()
+"""Processes the worker started and waits for itself (jobs' main processes, its guardian):
+never orphans of a job."""
 
 
 def become_subreaper() -> bool:
@@ -36,22 +38,22 @@ def become_subreaper() -> bool:
         return False
 
 
-def register_main_pid(pid: int) -> None:
-    """Call with `spawn_lock` held, right after the job's process was created."""
-    _main_pids.add(pid)
+def register_own_child(pid: int) -> None:
+    """Call with `spawn_lock` held, right after the process was created."""
+    _own_children.add(pid)
 
 
-def forget_main_pid(pid: int) -> None:
+def forget_own_child(pid: int) -> None:
     with spawn_lock:
-        _main_pids.discard(pid)
+        _own_children.discard(pid)
 
 
 def reap_adopted() -> int:
     """Collect the exit status of orphans the worker adopted; returns how many were reaped."""
     reaped = 0
     with spawn_lock:
-        for pid in children(os.getpid()):
-            if pid in _main_pids:
+        for pid in adopted(os.getpid()):
+            if pid in _own_children:
                 continue
             try:
                 done, _status = os.waitpid(pid, os.WNOHANG)
@@ -82,6 +84,19 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def adopted(pid: int) -> list[int]:
+    """The children of subreaper `pid`'s main thread, where the kernel puts every orphan it
+    adopts (the thread group's first live thread), and where no job's main process is: slot
+    threads start those. One file to read at each job's end, not one per worker thread."""
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children", "rb") as listing:
+            return [int(child) for child in listing.read().split()]
+    except FileNotFoundError:
+        return []
+    except OSError:
+        return children(pid)
+
+
 def descendants(pid: int) -> list[int]:
     found, pending = [], children(pid)
     while pending:
@@ -100,14 +115,14 @@ def job_processes(
     """
     members = [root_pid, *descendants(root_pid)]
     marker = str(job_id)
-    for adopted in children(worker_pid or os.getpid()):
-        if adopted in _main_pids or adopted in members:
+    for orphan in adopted(worker_pid or os.getpid()):
+        if orphan in _own_children or orphan in members:
             continue
         try:
-            if os.getsid(adopted) == root_pid or (
-                psutil.Process(adopted).environ().get("BATCH_JOB_ID") == marker
+            if os.getsid(orphan) == root_pid or (
+                psutil.Process(orphan).environ().get("BATCH_JOB_ID") == marker
             ):
-                members.extend([adopted, *descendants(adopted)])
+                members.extend([orphan, *descendants(orphan)])
         except (psutil.Error, OSError):
             continue
     found = []

@@ -765,11 +765,12 @@ def _claim(conn: Connection, request: ClaimRequest) -> list[ClaimedJob]:
         return []
     token, worker_id = uuid.uuid4().hex, request.worker_id
     granted_at = time.monotonic()
-    conn.execute(
-        _CLAIM,
-        {"ids": chosen, "token": token, "seconds": request.lease_timeout, "worker": worker_id},
-    )
-    rows = conn.execute(_CLAIMED, {"ids": chosen, "token": token}).all()
+    values = {"ids": chosen, "token": token, "seconds": request.lease_timeout, "worker": worker_id}
+    if conn.dialect.update_returning:  # SQLite, PostgreSQL: one statement, not two
+        rows = conn.execute(_CLAIM_RETURNING, values).all()
+    else:
+        conn.execute(_CLAIM, values)
+        rows = conn.execute(_CLAIMED, {"ids": chosen, "token": token}).all()
     claimed = {row.id: _job_from_row(row) for row in rows}
     _record_events(
         conn,
@@ -894,6 +895,7 @@ _CLAIM = (
         **_cleared_result_values(),
     )
 )
+_CLAIM_RETURNING = _CLAIM.returning(*jobs.c)
 _CLAIMED = select(jobs).where(
     jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.lease_token == bindparam("token")
 )

@@ -21,6 +21,10 @@ import shutil
 import signal
 import sys
 import threading
+import time
+
+KILL_WAIT_SECONDS = 5.0
+"""How long the jobs' processes get to die before their TMPDIRs are removed anyway."""
 
 
 class Guardian:
@@ -28,17 +32,23 @@ class Guardian:
 
     def __init__(self, worker_id: str, scratch_prefix: str) -> None:
         """`scratch_prefix`: the path every job TMPDIR of this worker starts with."""
-        import subprocess  # here, not at the top: the guardian process itself never needs it
+        # Here, not at the top: the guardian process itself never needs them.
+        import subprocess
+
+        from batchjob.runner import watch
 
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
             # Its own session: a Ctrl-C in the worker's terminal is not for the guardian.
-            self._process = subprocess.Popen(
-                [sys.executable, "-I", __file__, worker_id, scratch_prefix],
-                stdin=read_end,
-                stdout=subprocess.DEVNULL,
-                start_new_session=True,
-            )
+            with watch.spawn_lock:
+                self._process = subprocess.Popen(
+                    [sys.executable, "-I", __file__, worker_id, scratch_prefix],
+                    stdin=read_end,
+                    stdout=subprocess.DEVNULL,
+                    start_new_session=True,
+                )
+                # Not a job's orphan: a job's end need not look at it (the worker's life long).
+                watch.register_own_child(self._process.pid)
         finally:
             os.close(read_end)
         self._pipe = write_end
@@ -92,7 +102,7 @@ def _guard(read_end: int, worker_id: str, scratch_prefix: str) -> None:
 
 
 def _kill_jobs(running: dict[str, int], worker_id: str) -> None:
-    """SIGKILL the jobs' processes and wait (a few seconds at most) until they are gone."""
+    """SIGKILL the jobs' processes and wait (a few seconds at most) until they are dead."""
     import psutil  # only now: an idle guardian stays the size of a bare interpreter
 
     sessions = set(running.values())
@@ -112,7 +122,19 @@ def _kill_jobs(running: dict[str, int], worker_id: str) -> None:
             killed.append(process)
         except (psutil.Error, OSError):
             continue
-    psutil.wait_procs(killed, timeout=5)
+
+    def still_running(process: psutil.Process) -> bool:
+        # Not dead nor a zombie. Not `wait_procs`: it waits out its timeout on a zombie that an
+        # init slow to reap (a container's, this machine's) leaves in the process table.
+        try:
+            return process.status() != psutil.STATUS_ZOMBIE
+        except psutil.Error:
+            return False
+
+    deadline = time.monotonic() + KILL_WAIT_SECONDS
+    while killed and time.monotonic() < deadline:
+        time.sleep(0.02)
+        killed = [process for process in killed if still_running(process)]
 
 
 def _remove_scratch(prefix: str) -> None:
