@@ -36,8 +36,8 @@ JobId = BigInteger().with_variant(Integer(), "sqlite")
 
 class Moment(TypeDecorator[datetime]):
     """DATETIME(6) on MySQL/MariaDB, the plain DateTime elsewhere. Not `with_variant`: that
-    needs the MySQL dialect imported, and a worker on SQLite or PostgreSQL would carry its
-    ~1 MiB (with PostgreSQL's, ~3.5 MiB of an idle worker's RSS) for nothing."""
+    needs the MySQL dialect imported (about 1 MiB of RSS) by every process, whatever its
+    database."""
 
     impl = DateTime
     cache_ok = True

@@ -11,7 +11,8 @@ with no job listed and the TMPDIRs already gone.
 
 The guardian is this file run by a fresh interpreter, not a fork of the worker: a fork would
 keep a copy of everything the worker imported (SQLAlchemy alone is 28 MiB of RSS) for a
-process that only reads a pipe. So this module imports nothing of batchjob.
+process that only reads a pipe. So the guardian's side of this module imports nothing of
+batchjob (only `Guardian`, in the worker, does).
 """
 
 from __future__ import annotations
