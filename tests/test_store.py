@@ -400,6 +400,8 @@ def test_finish_as_pending_schedules_the_next_attempt(store: Store) -> None:
 
 
 def test_a_dropped_connection_is_retried(store: Store, database_url: str) -> None:
+    """The pool does not ping: a dead pooled connection fails before the commit, and the
+    transaction runs again on a new one, an enqueue's too (nothing of it was committed)."""
     (job,) = store.enqueue([NewJob(command=["x"])])
     engine = create_engine(database_url)
     if engine.dialect.name == "sqlite":
@@ -416,14 +418,21 @@ def test_a_dropped_connection_is_retried(store: Store, database_url: str) -> Non
             "SELECT pg_terminate_backend({})",
         ),
     }[engine.dialect.name]
-    with engine.connect() as conn:
-        victims = conn.execute(text(kill_others[0])).scalars().all()
-        assert victims, "the store keeps a pooled connection open"
-        for victim in victims:
-            conn.execute(text(kill_others[1].format(int(victim))))
+
+    def drop_the_stores_connections() -> None:
+        with engine.connect() as conn:
+            victims = conn.execute(text(kill_others[0])).scalars().all()
+            assert victims, "the store keeps a pooled connection open"
+            for victim in victims:
+                conn.execute(text(kill_others[1].format(int(victim))))
+
+    drop_the_stores_connections()
+    (second,) = store.enqueue([NewJob(command=["y"])])
+    drop_the_stores_connections()
     engine.dispose()
     assert store.get(job.id).id == job.id
-    assert store.claim("w", None, 1, 30)[0].job.id == job.id
+    assert [claimed.job.id for claimed in store.claim("w", None, 2, 30)] == [job.id, second.id]
+    assert [found.id for found in store.list_jobs()] == [second.id, job.id], "stored once"
 
 
 def test_a_worker_process_on_sqlite_loads_no_other_databases_dialect(tmp_path: Path) -> None:

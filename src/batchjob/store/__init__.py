@@ -172,8 +172,8 @@ class Store:
                 with connection.begin_nested():
                     stored = self._insert_jobs(connection, rows)
             else:
-                # Not retried: a commit whose answer was lost might otherwise store a job twice.
-                stored = self._run(lambda conn: self._insert_jobs(conn, rows), retry=False)
+                # A commit whose answer was lost is not retried: it might store the jobs twice.
+                stored = self._run(lambda conn: self._insert_jobs(conn, rows), retry_commit=False)
         except IntegrityError as exc:
             if not _is_unique_key_conflict(exc):
                 raise _refused(exc) from exc
@@ -638,23 +638,35 @@ class Store:
         operation: Callable[[Connection], T],
         *,
         read_only: bool = False,
-        retry: bool = True,
+        retry_commit: bool = True,
     ) -> T:
-        """Run `operation` in one transaction, again after a passing failure when allowed."""
+        """Run `operation` in one transaction, again after a passing failure.
+
+        A failure before the commit is sent leaves nothing behind (the database rolls back),
+        so running it again is always safe; a failed commit is run again only with
+        `retry_commit`, as its answer may be lost after the database committed it.
+        """
+        committing = False
 
         def transaction() -> T:
+            nonlocal committing
+            committing = False
             with self._engine.connect() as conn:
                 if read_only:
                     conn.execution_options(**{dialects.READ_ONLY_OPTION: True})
                 self._check_recycle(conn)
-                with conn.begin():
-                    return operation(conn)
+                begun = conn.begin()
+                result = operation(conn)  # on an error, closing conn rolls back
+                committing = True
+                begun.commit()
+                return result
 
-        return self._attempt(transaction, retry=retry)
+        return self._attempt(transaction, may_retry=lambda: retry_commit or not committing)
 
-    def _attempt(self, transaction: Callable[[], T], *, retry: bool = True) -> T:
-        delays = RETRY_DELAYS_SECONDS if retry else ()
-        for delay in (*delays, None):
+    def _attempt(
+        self, transaction: Callable[[], T], *, may_retry: Callable[[], bool] = lambda: True
+    ) -> T:
+        for delay in (*RETRY_DELAYS_SECONDS, None):
             try:
                 return transaction()
             except IntegrityError:
@@ -662,7 +674,7 @@ class Store:
             except DataError as exc:
                 raise _refused(exc) from exc  # the data, not the database: never retried
             except DBAPIError as exc:
-                if delay is None or not _is_passing(exc):
+                if delay is None or not _is_passing(exc) or not may_retry():
                     raise self._unavailable(exc) from exc
                 time.sleep(delay)
         raise AssertionError("unreachable: the last delay is None")

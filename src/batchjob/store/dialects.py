@@ -98,10 +98,18 @@ def normalise_url(url: str) -> URL:
 def engine_options(url: URL) -> dict[str, Any]:
     """create_engine() keywords: pooling, timeouts and isolation for this database."""
     backend = url.get_backend_name()
+    # No rollback when a connection goes back to the pool: the store's every Connection ends
+    # its own transaction (commit, or rollback on close), and on a server database that
+    # rollback was a round trip per transaction. No ping at checkout either (another round
+    # trip): a dead pooled connection fails before the commit and the store runs the
+    # transaction again on a new one.
     if backend == "sqlite":
-        return {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS}}
+        return {
+            "connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_SECONDS},
+            "pool_reset_on_return": None,
+        }
     options: dict[str, Any] = {
-        "pool_pre_ping": True,
+        "pool_reset_on_return": None,
         "pool_recycle": 3600,
         "pool_size": 5,
         "max_overflow": 10,
