@@ -15,7 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, fields
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     Connection,
@@ -70,6 +70,8 @@ class Lease:
 
     job_id: int
     token: str
+    attempt: int
+    """The attempt the lease is for: the one whose end `finish` records."""
 
 
 @dataclass(frozen=True)
@@ -319,7 +321,14 @@ class Store:
         if limit <= 0:
             return []
         request = ClaimRequest(worker_id, queues, limit, lease_timeout)
-        return self._run(lambda conn: _claim(conn, request))
+
+        def claim(conn: Connection) -> list[ClaimedJob]:
+            events: list[_NewEvent] = []
+            claimed = _claim(conn, request, events)
+            _record_events(conn, events)
+            return claimed
+
+        return self._run(claim)
 
     def renew_leases(
         self,
@@ -371,16 +380,28 @@ class Store:
 
         False: the lease was lost meanwhile, and nothing was written.
         """
-        return self._run(lambda conn: _finish(conn, lease, outcome))
+
+        def finish(conn: Connection) -> bool:
+            events: list[_NewEvent] = []
+            recorded = _finish(conn, lease, outcome, events)
+            _record_events(conn, events)
+            return recorded
+
+        return self._run(finish)
 
     def finish_and_claim(
         self, lease: Lease, outcome: Outcome, request: ClaimRequest | None
     ) -> tuple[bool, list[ClaimedJob]]:
-        """`finish`, then `claim` in the same transaction: a slot's next job for one commit."""
+        """`finish`, then `claim` in the same transaction: a slot's next job for one commit,
+        and one INSERT for the events of both."""
 
         def finish_and_claim(conn: Connection) -> tuple[bool, list[ClaimedJob]]:
-            recorded = _finish(conn, lease, outcome)
-            claimed = _claim(conn, request) if request is not None and request.limit > 0 else []
+            events: list[_NewEvent] = []
+            recorded = _finish(conn, lease, outcome, events)
+            claimed = []
+            if request is not None and request.limit > 0:
+                claimed = _claim(conn, request, events)
+            _record_events(conn, events)
             return recorded, claimed
 
         return self._run(finish_and_claim)
@@ -462,8 +483,9 @@ class Store:
             _record_events(
                 conn,
                 [
-                    (
-                        job,
+                    _NewEvent(
+                        job.id,
+                        job.attempt,
                         "rescued",
                         f"the lease of attempt {job.attempt} (worker {job.worker_id}) expired; "
                         f"the job is now {job.status}",
@@ -768,7 +790,8 @@ def _due_jobs_query(with_queues: bool, lock_rows: bool) -> Any:
     return query
 
 
-def _claim(conn: Connection, request: ClaimRequest) -> list[ClaimedJob]:
+def _claim(conn: Connection, request: ClaimRequest, events: list[_NewEvent]) -> list[ClaimedJob]:
+    """Claim due jobs; their "claimed" events go to `events`, for the caller to write."""
     queues = request.queues
     wanted = {"candidates": request.limit * CLAIM_CANDIDATE_FACTOR, "queues": list(queues or ())}
     due = _DUE_JOBS[bool(queues), dialects.supports_skip_locked(conn)]
@@ -784,18 +807,24 @@ def _claim(conn: Connection, request: ClaimRequest) -> list[ClaimedJob]:
         conn.execute(_CLAIM, values)
         rows = conn.execute(_CLAIMED, {"ids": chosen, "token": token}).all()
     claimed = {row.id: _job_from_row(row) for row in rows}
-    _record_events(
-        conn,
-        [
-            (job, "claimed", f"claimed by {worker_id} for attempt {job.attempt}")
-            for job in claimed.values()
-        ],
-        worker_id=worker_id,
+    events.extend(
+        _NewEvent(
+            job.id,
+            job.attempt,
+            "claimed",
+            f"claimed by {worker_id} for attempt {job.attempt}",
+            worker_id=worker_id,
+        )
+        for job in claimed.values()
     )
-    return [ClaimedJob(claimed[job_id], Lease(job_id, token), granted_at) for job_id in chosen]
+    return [
+        ClaimedJob(job, Lease(job.id, token, job.attempt), granted_at)
+        for job in (claimed[job_id] for job_id in chosen)
+    ]
 
 
-def _finish(conn: Connection, lease: Lease, outcome: Outcome) -> bool:
+def _finish(conn: Connection, lease: Lease, outcome: Outcome, events: list[_NewEvent]) -> bool:
+    """Record the outcome if the lease still holds; its "attempt" event goes to `events`."""
     values: dict[str, Any] = {
         "status": outcome.status.value,
         "exit_code": outcome.exit_code,
@@ -823,7 +852,9 @@ def _finish(conn: Connection, lease: Lease, outcome: Outcome) -> bool:
     if conn.execute(statement, values).rowcount != 1:
         return False
     if outcome.evidence is not None:
-        _record_event(conn, lease.job_id, "attempt", "the attempt ended", data=outcome.evidence)
+        events.append(
+            _NewEvent(lease.job_id, lease.attempt, "attempt", "the attempt ended", outcome.evidence)
+        )
     return True
 
 
@@ -1035,28 +1066,20 @@ _INSERT_EVENT_OF_CURRENT_ATTEMPT = insert(events).values(
 )
 
 
-def _record_events(
-    conn: Connection,
-    entries: Sequence[tuple[Job, str, str]],
-    *,
-    worker_id: str | None = None,
-) -> None:
-    if not entries:
-        return
-    conn.execute(
-        _INSERT_EVENT,
-        [
-            {
-                "job_id": job.id,
-                "attempt": job.attempt,
-                "kind": kind,
-                "message": message,
-                "worker_id": worker_id,
-                "data": None,
-            }
-            for job, kind, message in entries
-        ],
-    )
+class _NewEvent(NamedTuple):
+    """A line of a job's history, written with the others of its transaction in one INSERT."""
+
+    job_id: int
+    attempt: int
+    kind: str
+    message: str
+    data: Mapping[str, Any] | None = None
+    worker_id: str | None = None
+
+
+def _record_events(conn: Connection, entries: Sequence[_NewEvent]) -> None:
+    if entries:
+        conn.execute(_INSERT_EVENT, [entry._asdict() for entry in entries])
 
 
 def _job_from_row(row: Row[Any], diagnosis: Mapping[str, Any] | None = None) -> Job:
