@@ -42,7 +42,8 @@ def oom_evidence(pid: int, count_before: int | None) -> str | None:
 
 @functools.cache
 def _counter_files() -> list[tuple[Path, str]]:
-    """Where this process's cgroup counts OOM kills: read once, a process stays in its cgroup."""
+    """Where this process's cgroup counts OOM kills: found once (a process stays in its
+    cgroup), so that each job's start reads one file, not every place it might be."""
     files: list[tuple[Path, str]] = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
@@ -56,7 +57,7 @@ def _counter_files() -> list[tuple[Path, str]]:
             files.append((CGROUP_ROOT / "unified" / relative / "memory.events", "oom_kill"))
         elif "memory" in controllers.split(","):
             files.append((CGROUP_ROOT / "memory" / relative / "memory.oom_control", "oom_kill"))
-    return files
+    return [(path, field) for path, field in files if path.exists()]
 
 
 def _kernel_log_line(pid: int) -> str | None:

@@ -1084,7 +1084,8 @@ def _record_events(conn: Connection, entries: Sequence[_NewEvent]) -> None:
 
 def _job_from_row(row: Row[Any], diagnosis: Mapping[str, Any] | None = None) -> Job:
     """A Job from its row: the columns of the same names, with their Python types."""
-    values = {name: row._mapping[name] for name in _JOB_COLUMNS}
+    mapping = row._mapping  # a new RowMapping at each access of the property
+    values = {name: mapping[name] for name in _JOB_COLUMNS}
     values.update(
         command=list(values["command"]),
         status=JobStatus(values["status"]),

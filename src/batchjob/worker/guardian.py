@@ -26,6 +26,10 @@ import time
 
 KILL_WAIT_SECONDS = 5.0
 """How long the jobs' processes get to die before their TMPDIRs are removed anyway."""
+READ_EVERY_SECONDS = 0.1
+"""The guardian reads what piled up in the pipe at most this often: a busy worker's two lines
+per job then wake it ten times a second, not a thousand (each wake-up cost the worker and the
+jobs CPU), and the worker's death is still seen within this time."""
 
 
 class Guardian:
@@ -83,11 +87,12 @@ def _guard(read_end: int, worker_id: str, scratch_prefix: str) -> None:
     buffered = b""
     while True:
         try:
-            data = os.read(read_end, 4096)
+            data = os.read(read_end, 65536)
         except InterruptedError:
             continue
         if not data:
             break
+        time.sleep(READ_EVERY_SECONDS)
         buffered += data
         *lines, buffered = buffered.split(b"\n")
         for line in lines:

@@ -64,7 +64,17 @@ def execute(claimed: ClaimedJob, context: SlotContext, tmp: PrivateTmp) -> Claim
     control = RunControl()
     tracked = context.keeper.track(lease, control, claimed.granted_at)
     control.on_progress = tracked.report
-    control.on_started = lambda pid: _started(context, tracked, job.id, pid, str(log_path))
+    oom_kills_before: int | None = None
+
+    def on_started(pid: int) -> None:
+        nonlocal oom_kills_before
+        _started(context, tracked, job.id, pid, str(log_path))
+        # Read once the job runs, not before: off the way from the claim to its start. A kill
+        # this count misses (the job's own, in its first microseconds) the kernel log still
+        # names.
+        oom_kills_before = oom_kill_count()
+
+    control.on_started = on_started
     # Stall changes are written off the pump, one after the other in the order they happen
     # (a diagnosis with py-spy may take seconds; "moving again" must not overtake it).
     stall_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stall-{job.id}")
@@ -94,7 +104,6 @@ def execute(claimed: ClaimedJob, context: SlotContext, tmp: PrivateTmp) -> Claim
         stall_action=job.stall_action or "diagnose",
         tmp=tmp,
     )
-    oom_kills_before = oom_kill_count()
     log.info(
         "action=started job_id=%d attempt=%d/%d queue=%s log=%s",
         job.id, job.attempt, job.max_attempts, job.queue, log_path,
