@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from batchjob.errors import DuplicateJob, InvalidTransition, JobNotFound
 from batchjob.model import FailureReason, JobStatus, NewJob
 from batchjob.queue import Queue
-from batchjob.store import Outcome, Store
+from batchjob.store import ClaimRequest, Outcome, Store
 
 JAPANESE = "第六竹石"
 
@@ -159,6 +159,31 @@ def test_lease_expiry_rescues_while_attempts_remain_then_fails(store: Store) -> 
         "claimed",
         "rescued",
     ]
+
+
+def test_each_attempts_events_carry_its_number_when_written_with_the_next_claim(
+    store: Store,
+) -> None:
+    """finish_and_claim writes the ended attempt's event and the next claim's in one INSERT."""
+    (flaky,) = store.enqueue([NewJob(command=["flaky"], max_attempts=2)])
+    (first,) = store.claim("w", None, 1, 30)
+    retry = Outcome(JobStatus.PENDING, exit_code=1, retry_delay=0, evidence={"pid": 1})
+    assert store.finish_and_claim(first.lease, retry, None) == (True, [])
+    (second,) = store.claim("w", None, 1, 30)
+    assert second.lease.attempt == 2
+    (other,) = store.enqueue([NewJob(command=["next"])])
+    done = Outcome(JobStatus.COMPLETED, exit_code=0, evidence={"pid": 2})
+    recorded, (following,) = store.finish_and_claim(
+        second.lease, done, ClaimRequest("w", None, 1, 30)
+    )
+    assert recorded and following.job.id == other.id
+    assert [(e.kind, e.attempt, (e.data or {}).get("pid")) for e in store.events(flaky.id)] == [
+        ("claimed", 1, None),
+        ("attempt", 1, 1),
+        ("claimed", 2, None),
+        ("attempt", 2, 2),
+    ]
+    assert [(e.kind, e.attempt) for e in store.events(other.id)] == [("claimed", 1)]
 
 
 def test_a_renewed_lease_is_not_rescued(store: Store) -> None:
