@@ -8,20 +8,26 @@ the database and the logs. Fault tests run on SQLite and PostgreSQL; the basics 
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import psutil
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, make_url, text, update
 
 from batchjob.model import FailureReason, Job, JobStatus
 from batchjob.queue import Queue
+from batchjob.store import WorkerRegistration
+from batchjob.store.schema import workers as workers_table
 from conftest import BATCHJOB, Workers, run_cli, tmpfs, wait_until
 from tcp_proxy import TcpProxy
 
@@ -204,6 +210,56 @@ def test_sigkill_of_the_worker_takes_its_jobs_with_it_then_another_rescues(
     assert finished.status == JobStatus.COMPLETED
     assert finished.attempt == 2
     assert "rescued" in [event.kind for event in queue.events(job.id)]
+
+
+def test_tmpdirs_of_a_worker_killed_with_its_guardian_are_removed_by_the_next(
+    workers: Workers, queue: Queue
+) -> None:
+    """Only those of this host's registered workers that stopped or fell silent, and never
+    while a process with that pid here is older than the directory (another pid namespace
+    may share /tmp)."""
+    host = socket.gethostname()
+    gone = subprocess.Popen(["true"])
+    gone.wait()  # a pid that no longer runs
+    since = datetime.now(UTC).replace(tzinfo=None)
+    cases = {
+        "stopped": (gone.pid, True),
+        "silent": (gone.pid, True),
+        "checking in": (gone.pid, False),
+        "not registered": (gone.pid, False),
+        "its pid older than the directory, here": (os.getpid(), False),
+    }
+    made: dict[str, Path] = {}
+    for case, (pid, _removed) in cases.items():
+        token = secrets.token_hex(3)
+        made[case] = Path(tempfile.mkdtemp(prefix=f"batchjob-{pid}-{token}-"))
+        (made[case] / "left by a killed job").write_text("x")
+        if case != "not registered":
+            queue.store.register_worker(
+                WorkerRegistration(f"{host}:{pid}:{token}", host, pid, "0", None, 1)
+            )
+    try:
+        for case in ("stopped", "its pid older than the directory, here"):
+            queue.store.worker_seen(_owner(host, made[case]), stopped=True)
+        with create_engine(queue.store.url).begin() as connection:
+            connection.execute(
+                update(workers_table)
+                .where(workers_table.c.id == _owner(host, made["silent"]))
+                .values(last_seen=since - timedelta(minutes=5))
+            )
+        assert workers.run_burst() == 0
+        assert {case: not made[case].exists() for case in cases} == {
+            case: removed for case, (_pid, removed) in cases.items()
+        }
+        assert "action=stale_tmpdirs_removed count=2" in workers.worker_log()
+    finally:
+        for path in made.values():
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _owner(host: str, tmpdir: Path) -> str:
+    _prefix, pid, token, _suffix = tmpdir.name.split("-", 3)
+    return f"{host}:{pid}:{token}"
 
 
 @FAULT_DATABASES

@@ -65,17 +65,22 @@ class PrivateTmp:
 
     def remove(self) -> None:
         path, self._path = self._path, None
-        if path is None:
-            return
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.unlink(path)
-        except OSError:
-            pass
+        if path is not None:
+            remove_scratch(path)
 
     def _is_ours(self, path: Path) -> bool:
         """Still the directory made here, not one the job removed and replaced (or a link)."""
         found = os.lstat(path)
         return stat.S_ISDIR(found.st_mode) and (found.st_dev, found.st_ino) == self._identity
+
+
+def remove_scratch(path: Path) -> None:
+    """Remove a TMPDIR with what is in it; a link or file found in its place is unlinked,
+    never followed."""
+    try:
+        if os.path.isdir(path) and not os.path.islink(path):
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            os.unlink(path)
+    except OSError:
+        pass

@@ -570,6 +570,20 @@ class Store:
         statement = update(workers).where(workers.c.id == worker_id).values(**values)
         self._run(lambda conn: conn.execute(statement))
 
+    def gone_workers(self, worker_ids: Sequence[str], silent_seconds: float) -> set[str]:
+        """Those of these registered workers that stopped, or have not checked in for
+        `silent_seconds` by the database's clock; ids not registered are not among them."""
+        if not worker_ids:
+            return set()
+        query = select(workers.c.id).where(
+            workers.c.id.in_(list(worker_ids)),
+            or_(
+                workers.c.stopped_at.is_not(None),
+                workers.c.last_seen < dialects.db_now_plus(-silent_seconds),
+            ),
+        )
+        return set(self._run(lambda conn: conn.execute(query).scalars().all(), read_only=True))
+
     def record_event(
         self,
         job_id: int,

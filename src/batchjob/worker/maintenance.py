@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import re
 import signal
 from collections import Counter
+from pathlib import Path
 
 import psutil
 
 from batchjob.model import Job
 from batchjob.runner import watch
+from batchjob.runner.scratch import remove_scratch
 from batchjob.store import Store
 
 log = logging.getLogger("batchjob.worker")
@@ -48,6 +52,58 @@ class OrphanReaper(PeriodicService):
 
     def run_once(self) -> int:
         return watch.reap_adopted()
+
+
+class ScratchSweeper(PeriodicService):
+    """Remove the job TMPDIRs of this host's workers that died with their guardian.
+
+    A worker's TMPDIRs are `<root>/batchjob-<pid>-<token>-*`, after its id
+    `<host>:<pid>:<token>`; its guardian removes them when the worker is killed, but not when
+    both are (a unit's SIGKILL, an OOM kill of the whole unit). One is removed here only when
+    the registry says that worker of this host stopped or has been silent for SILENT_SECONDS
+    (a live one checks in every 10 s), and no process here with its pid is older than the
+    directory: /tmp may be shared with another pid namespace, whose pids mean nothing here.
+    """
+
+    interval = 60.0
+    SILENT_SECONDS = 60.0
+    NAME = re.compile(r"batchjob-(\d+)-([0-9a-f]{6})-[^/]+")
+
+    def __init__(self, store: Store, host: str, root: Path) -> None:
+        self.store, self.host, self.root = store, host, root
+
+    def run_once(self) -> list[Path]:
+        owners: dict[str, list[Path]] = {}
+        try:
+            with os.scandir(self.root) as listing:
+                for entry in listing:
+                    if matched := self.NAME.fullmatch(entry.name):
+                        pid, token = matched.groups()
+                        owner = f"{self.host}:{pid}:{token}"
+                        owners.setdefault(owner, []).append(Path(entry.path))
+        except OSError:
+            return []
+        removed = []
+        for worker_id in self.store.gone_workers(list(owners), self.SILENT_SECONDS):
+            pid = int(worker_id.split(":")[1])
+            for path in owners[worker_id]:
+                if not _running_since_before(pid, path):
+                    remove_scratch(path)
+                    removed.append(path)
+        if removed:
+            log.warning(
+                "action=stale_tmpdirs_removed count=%d: left by workers killed with their guardian",
+                len(removed),
+            )
+        return removed
+
+
+def _running_since_before(pid: int, path: Path) -> bool:
+    """A process `pid` runs here and is older than `path`'s last change: maybe its owner."""
+    try:
+        return bool(psutil.Process(pid).create_time() <= os.lstat(path).st_mtime)
+    except (psutil.Error, OSError):
+        return False
 
 
 class Rescuer(PeriodicService):

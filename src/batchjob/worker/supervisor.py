@@ -38,6 +38,7 @@ from batchjob.worker.maintenance import (
     OrphanReaper,
     PeriodicService,
     Rescuer,
+    ScratchSweeper,
     WorkerHeartbeat,
     sweep_stale_processes,
 )
@@ -115,6 +116,7 @@ class Worker:
             Rescuer(store, self.host, worker.lease_timeout, worker.max_lost_attempts),
             WorkerHeartbeat(store, self.worker_id),
             OrphanReaper(),
+            ScratchSweeper(store, self.host, self._scratch_root),
         )
         self._install_signal_handlers()
         log.info(
