@@ -67,7 +67,7 @@ class ScratchSweeper(PeriodicService):
 
     interval = 60.0
     SILENT_SECONDS = 60.0
-    NAME = re.compile(r"batchjob-(\d+)-([0-9a-f]{6})-[^/]+")
+    NAME = re.compile(r"batchjob-(\d+)-([0-9a-f]+)-[^/]+")
 
     def __init__(self, store: Store, host: str, root: Path) -> None:
         self.store, self.host, self.root = store, host, root
