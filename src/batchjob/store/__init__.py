@@ -380,14 +380,7 @@ class Store:
 
         False: the lease was lost meanwhile, and nothing was written.
         """
-
-        def finish(conn: Connection) -> bool:
-            events: list[_NewEvent] = []
-            recorded = _finish(conn, lease, outcome, events)
-            _record_events(conn, events)
-            return recorded
-
-        return self._run(finish)
+        return self.finish_and_claim(lease, outcome, None)[0]
 
     def finish_and_claim(
         self, lease: Lease, outcome: Outcome, request: ClaimRequest | None
@@ -832,8 +825,8 @@ def _claim(conn: Connection, request: ClaimRequest, events: list[_NewEvent]) -> 
         for job in claimed.values()
     )
     return [
-        ClaimedJob(job, Lease(job.id, token, job.attempt), granted_at)
-        for job in (claimed[job_id] for job_id in chosen)
+        ClaimedJob(claimed[job_id], Lease(job_id, token, claimed[job_id].attempt), granted_at)
+        for job_id in chosen
     ]
 
 
