@@ -35,6 +35,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.types import TypeEngine
 
 from batchjob.errors import (
     DuplicateJob,
@@ -46,6 +47,7 @@ from batchjob.errors import (
 from batchjob.model import Event, FailureReason, Job, JobStatus, NewJob
 from batchjob.redact import mask_url_passwords
 from batchjob.store import dialects, health, migrations, wakeups
+from batchjob.store.driver import DriverStatement
 from batchjob.store.schema import Moment, concurrency_locks, events, jobs, workers
 
 T = TypeVar("T")
@@ -137,6 +139,7 @@ class Store:
         self._engine = create_engine(self.url, json_serializer=_json_dumps, **options)
         dialects.prepare_engine(self._engine)
         self._recycle_checked = False
+        self._bulk_insert: DriverStatement | None = None
 
     @property
     def dialect_name(self) -> str:
@@ -598,11 +601,18 @@ class Store:
         if len(rows) > 1 and dialects.has_single_writer(conn):
             # SQLAlchemy sends many rows with RETURNING to SQLite one statement each (SQLite does
             # not promise RETURNING's order): insert them in one executemany instead.
-            conn.execute(_INSERT_JOB, rows)
+            if self._bulk_insert is None:
+                keys = list(rows[0])
+                self._bulk_insert = DriverStatement.compile(_INSERT_JOB, conn.dialect, keys)
+            self._bulk_insert.execute_many(conn, rows)
             last = dialects.last_inserted_id(conn)
             assigned = conn.execute(
                 select(*_ASSIGNED).where(jobs.c.id > last - len(rows)).order_by(jobs.c.id)
             ).all()
+        elif len(rows) > 1 and dialects.inserts_rows_from_arrays(conn):
+            arrays = {key: [row[key] for row in rows] for key in rows[0]}
+            # Ids come from the sequence in the SELECT's order, RETURNING's order unpromised.
+            assigned = sorted(conn.execute(_insert_jobs_from_arrays(tuple(rows[0])), arrays))
         elif conn.dialect.insert_executemany_returning_sort_by_parameter_order or (
             len(rows) == 1 and conn.dialect.insert_returning
         ):
@@ -1007,11 +1017,14 @@ def _insert_parameters(new_job: NewJob) -> dict[str, Any]:
     }
 
 
+def _run_at(given: Any, delay_seconds: Any) -> Any:
+    """A new job's due time: the run_at given, else the database clock plus its delay."""
+    return func.coalesce(given, dialects.db_now_plus(delay_seconds))
+
+
 _INSERT_JOB = insert(jobs).values(
     created_at=dialects.db_now(),
-    run_at=func.coalesce(
-        bindparam("run_at_given", type_=Moment), dialects.db_now_plus(bindparam("delay_seconds"))
-    ),
+    run_at=_run_at(bindparam("run_at_given", type_=Moment), bindparam("delay_seconds")),
 )
 # Only what the database sets comes back: decoding every JSON column of every new row again
 # was a quarter of a bulk enqueue's time.
@@ -1020,15 +1033,34 @@ _INSERT_JOB_RETURNING = _INSERT_JOB.returning(*_ASSIGNED, sort_by_parameter_orde
 _NOT_JOB_FIELDS = ("run_at_given", "delay_seconds", "active_unique_key")
 
 
+@functools.cache
+def _insert_jobs_from_arrays(keys: tuple[str, ...]) -> Any:
+    """`_INSERT_JOB` for PostgreSQL's bulk: the rows from one array per key, in their order."""
+    not_columns: dict[str, TypeEngine[Any]] = {"run_at_given": Moment(), "delay_seconds": Float()}
+    given = dialects.unnest_rows(
+        {key: not_columns[key] if key in not_columns else jobs.c[key].type for key in keys},
+        position="position",
+    )
+    columns = [key for key in keys if key not in not_columns]
+    rows = select(
+        *(given.c[column] for column in columns),
+        _run_at(given.c.run_at_given, given.c.delay_seconds),
+        dialects.db_now(),
+    ).order_by(given.c.position)
+    return (
+        insert(jobs)
+        .from_select([*columns, jobs.c.run_at, jobs.c.created_at], rows)
+        .returning(*_ASSIGNED)
+    )
+
+
 def _new_job(parameters: Mapping[str, Any], assigned: Row[Any, Any, Any]) -> Job:
     """The Job just inserted with `parameters`, as `get` would read it back."""
-    values = {name: value for name, value in parameters.items() if name not in _NOT_JOB_FIELDS}
-    values.update(
-        status=JobStatus(values["status"]),
-        id=assigned.id,
-        created_at=assigned.created_at,
-        run_at=assigned.run_at,
-    )
+    values = dict(parameters)  # a copy and three deletions: half a filtered comprehension's time
+    for name in _NOT_JOB_FIELDS:
+        del values[name]
+    job_id, created_at, run_at = assigned
+    values.update(status=JobStatus.PENDING, id=job_id, created_at=created_at, run_at=run_at)
     return Job(**values)
 
 

@@ -1,8 +1,8 @@
 """The only module that says sqlite, mysql or postgresql: what differs between the databases.
 
 Everything else in the store is written once, against SQLAlchemy Core, and asks here for the
-few things that differ: the database clock, connection set-up, locking, insert-or-ignore and
-the migration lock.
+few things that differ: the database clock, connection set-up, locking, insert-or-ignore, bulk
+inserts and the migration lock.
 """
 
 from __future__ import annotations
@@ -10,16 +10,29 @@ from __future__ import annotations
 import fcntl
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-from sqlalchemy import Connection, Engine, Float, FunctionElement, Table, event, make_url, text
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Float,
+    FunctionElement,
+    Table,
+    bindparam,
+    event,
+    func,
+    make_url,
+    text,
+)
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateTable
-from sqlalchemy.sql import ColumnElement, Insert, literal
+from sqlalchemy.sql import ColumnElement, Insert, literal_column
 from sqlalchemy.sql.compiler import DDLCompiler, SQLCompiler
+from sqlalchemy.sql.expression import TableValuedAlias
+from sqlalchemy.types import TypeEngine
 
 from batchjob.store.schema import Moment
 
@@ -51,7 +64,7 @@ class db_now_plus(FunctionElement[Any]):
 
 def db_now() -> ColumnElement[Any]:
     """The database's current UTC time (naive), as every stored time is."""
-    return db_now_plus(literal(0.0, Float()))
+    return db_now_plus(literal_column("0.0", Float()))  # in the SQL text: no parameter to bind
 
 
 @compiles(CreateTable, "mysql")
@@ -218,6 +231,22 @@ def has_single_writer(connection: Connection) -> bool:
 def last_inserted_id(connection: Connection) -> int:
     """The id of the last row this connection inserted (SQLite)."""
     return int(connection.exec_driver_sql("SELECT last_insert_rowid()").scalar_one())
+
+
+def inserts_rows_from_arrays(connection: Connection) -> bool:
+    """PostgreSQL: many rows go in one INSERT ... SELECT FROM `unnest_rows`, a statement of
+    one array per column whatever the row count. SQLAlchemy's multi-VALUES batches bind every
+    value apart, and psycopg parsing those long statements made a bulk enqueue 5x slower."""
+    return connection.dialect.name == "postgresql"
+
+
+def unnest_rows(columns: Mapping[str, TypeEngine[Any]], position: str) -> TableValuedAlias:
+    """PostgreSQL: rows from one array parameter per column (each named as its column), with
+    their 1-based `position` in the arrays."""
+    from sqlalchemy.dialects.postgresql import ARRAY
+
+    arrays = (bindparam(name, type_=ARRAY(type_, dimensions=1)) for name, type_ in columns.items())
+    return func.unnest(*arrays).table_valued(*columns, with_ordinality=position).render_derived()
 
 
 def insert_ignoring_duplicates(connection: Connection, table: Table) -> Insert:
