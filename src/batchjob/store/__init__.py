@@ -597,7 +597,6 @@ class Store:
 
     def _insert_jobs(self, conn: Connection, rows: list[dict[str, Any]]) -> list[Job]:
         """Insert; the jobs are built from what was sent and what the database set."""
-        wakeups.announce_in_transaction(conn, self.url)
         if len(rows) > 1 and dialects.has_single_writer(conn):
             # SQLAlchemy sends many rows with RETURNING to SQLite one statement each (SQLite does
             # not promise RETURNING's order): insert them in one executemany instead.

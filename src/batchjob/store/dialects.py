@@ -2,7 +2,7 @@
 
 Everything else in the store is written once, against SQLAlchemy Core, and asks here for the
 few things that differ: the database clock, connection set-up, locking, insert-or-ignore, bulk
-inserts and the migration lock.
+inserts, PostgreSQL's NOTIFY trigger and the migration lock.
 """
 
 from __future__ import annotations
@@ -247,6 +247,28 @@ def unnest_rows(columns: Mapping[str, TypeEngine[Any]], position: str) -> TableV
 
     arrays = (bindparam(name, type_=ARRAY(type_, dimensions=1)) for name, type_ in columns.items())
     return func.unnest(*arrays).table_valued(*columns, with_ordinality=position).render_derived()
+
+
+def notify_on_insert(connection: Connection, table: Table, channel: str) -> None:
+    """PostgreSQL: a statement trigger NOTIFYs `channel` for every INSERT into `table`,
+    delivered at its commit: an enqueue needs no statement of its own for it, and rows any
+    other program inserts wake the workers too. Nothing elsewhere (see wakeups.py)."""
+    if connection.dialect.name != "postgresql":
+        return
+    function = f"{table.name}_notify"
+    connection.execute(
+        text(
+            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$ BEGIN PERFORM pg_notify('{channel}', ''); RETURN NULL; END $$"
+        )
+    )
+    connection.execute(text(f"DROP TRIGGER IF EXISTS {function} ON {table.name}"))
+    connection.execute(
+        text(
+            f"CREATE TRIGGER {function} AFTER INSERT ON {table.name}"
+            f" FOR EACH STATEMENT EXECUTE FUNCTION {function}()"
+        )
+    )
 
 
 def insert_ignoring_duplicates(connection: Connection, table: Table) -> Insert:

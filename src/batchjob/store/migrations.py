@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from sqlalchemy import Connection, Engine, func, insert, inspect, select
 
 from batchjob.store import schema
-from batchjob.store.dialects import db_now, migration_lock
+from batchjob.store.dialects import db_now, migration_lock, notify_on_insert
+from batchjob.store.wakeups import CHANNEL
 
 
 @dataclass(frozen=True)
@@ -27,8 +28,15 @@ def _create_tables(connection: Connection) -> None:
     schema.metadata.create_all(connection, checkfirst=True)
 
 
+def _notify_workers_on_insert(connection: Connection) -> None:
+    notify_on_insert(connection, schema.jobs, CHANNEL)
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "create job, worker and event tables", _create_tables),
+    Migration(
+        2, "PostgreSQL: the jobs table NOTIFYs workers of new rows", _notify_workers_on_insert
+    ),
 )
 LATEST_VERSION = MIGRATIONS[-1].version
 

@@ -1,7 +1,8 @@
 """Wake idle workers the moment a job is enqueued, instead of letting them sleep out a poll.
 
-PostgreSQL: the enqueue's transaction sends NOTIFY (delivered at commit, so never for a
-rolled-back job) and each worker LISTENs on a connection of its own: it reaches every host.
+PostgreSQL: a trigger on the jobs table sends NOTIFY for every INSERT (migration 2; delivered
+at commit, so never for a rolled-back job, and for rows any program inserts) and each worker
+LISTENs on a connection of its own: it reaches every host.
 SQLite and MySQL/MariaDB have no such thing; there each worker binds an abstract datagram
 socket named after the database (`@batchjob-<digest of the database>-<worker>`: no path,
 nothing left on disk, gone with the process), and an enqueue that has committed sends one
@@ -22,7 +23,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from sqlalchemy import Connection, text
 from sqlalchemy.engine import URL
 
 from batchjob.store import dialects
@@ -32,12 +32,6 @@ RECONNECT_SECONDS = 2.0
 LISTENERS_TTL_SECONDS = 1.0
 LOOPBACK_NAMES = {"localhost": "127.0.0.1", "::1": "127.0.0.1"}
 log = logging.getLogger("batchjob.worker")
-
-
-def announce_in_transaction(connection: Connection, url: URL) -> None:
-    """PostgreSQL: NOTIFY, delivered when (and only if) the enqueue commits."""
-    if url.get_backend_name() == "postgresql":
-        connection.execute(text("SELECT pg_notify(:channel, '')"), {"channel": CHANNEL})
 
 
 def announce_committed(url: URL) -> None:
