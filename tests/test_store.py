@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, text
 from batchjob.errors import DuplicateJob, InvalidTransition, JobNotFound
 from batchjob.model import FailureReason, JobStatus, NewJob
 from batchjob.queue import Queue
-from batchjob.store import ClaimRequest, Outcome, Store
+from batchjob.store import ClaimRequest, Outcome, Store, migrations
 
 JAPANESE = "第六竹石"
 
@@ -488,8 +488,9 @@ def test_init_is_idempotent_and_safe_to_run_concurrently(tmp_path: Path) -> None
     context = multiprocessing.get_context("spawn")
     with context.Pool(4) as pool:
         results = pool.map(_init, [url] * 4)
-    assert sorted(results) == [(0, 1)] + [(1, 1)] * 3
-    assert Store(url).schema_version() == 1
+    latest = migrations.LATEST_VERSION
+    assert sorted(results) == [(0, latest)] + [(latest, latest)] * 3
+    assert Store(url).schema_version() == latest
 
 
 def _init(url: str) -> tuple[int, int]:
