@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine, text
 
+import batchjob.store
 from batchjob.errors import DuplicateJob, InvalidTransition, JobNotFound
 from batchjob.model import FailureReason, JobStatus, NewJob
 from batchjob.queue import Queue
@@ -272,6 +273,21 @@ def test_bulk_enqueue_is_all_or_nothing(store: Store) -> None:
     stored = store.enqueue([NewJob(command=["ok", str(n)]) for n in range(50)])
     assert [job.command[1] for job in stored] == [str(n) for n in range(50)]
     assert [job.id for job in stored] == sorted(job.id for job in stored)
+
+
+def test_a_bulk_enqueue_split_into_several_statements_returns_each_job_as_stored(
+    store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """PostgreSQL sends a bulk enqueue as statements of ROWS_PER_ARRAY_INSERT rows."""
+    monkeypatch.setattr(batchjob.store, "ROWS_PER_ARRAY_INSERT", 7)
+    given = [
+        NewJob(command=["x", str(n)], params={"n": str(n)}, unique_key=f"k{n}", delay=n)
+        for n in range(30)
+    ]
+    returned = store.enqueue(given)
+    assert [job.command[1] for job in returned] == [str(n) for n in range(30)]
+    assert returned == [store.get(job.id) for job in returned]
+    assert [job.id for job in returned] == sorted(job.id for job in returned)
 
 
 def _enqueue_batches(url: str, tag: str, start_at: float) -> list[tuple[int, str]]:

@@ -58,6 +58,9 @@ RETRY_DELAYS_SECONDS = (0.1, 0.3, 1.0)
 # A claim locks a few more due rows than it has slots, so that rows it must skip for their
 # concurrency_key do not leave slots idle.
 CLAIM_CANDIDATE_FACTOR = 2
+# PostgreSQL's bulk insert sends a column's values as one array: this many rows at most, so
+# that a million-job enqueue is not one statement of hundreds of megabytes.
+ROWS_PER_ARRAY_INSERT = 10_000
 # Deadlock / serialization / lock-wait codes: the transaction can simply run again.
 _RETRYABLE_CODES = {"1205", "1213", "40001", "40P01"}
 
@@ -609,9 +612,12 @@ class Store:
                 select(*_ASSIGNED).where(jobs.c.id > last - len(rows)).order_by(jobs.c.id)
             ).all()
         elif len(rows) > 1 and dialects.inserts_rows_from_arrays(conn):
-            arrays = {key: [row[key] for row in rows] for key in rows[0]}
-            # Ids come from the sequence in the SELECT's order, RETURNING's order unpromised.
-            assigned = sorted(conn.execute(_insert_jobs_from_arrays(tuple(rows[0])), arrays))
+            statement, assigned = _insert_jobs_from_arrays(tuple(rows[0])), []
+            for start in range(0, len(rows), ROWS_PER_ARRAY_INSERT):
+                part = rows[start : start + ROWS_PER_ARRAY_INSERT]
+                arrays = {key: [row[key] for row in part] for key in rows[0]}
+                # Ids come from the sequence in the SELECT's order; RETURNING's is unpromised.
+                assigned += sorted(conn.execute(statement, arrays))
         elif conn.dialect.insert_executemany_returning_sort_by_parameter_order or (
             len(rows) == 1 and conn.dialect.insert_returning
         ):
