@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from sqlalchemy import create_engine, text
 
 import batchjob.store
 from batchjob.errors import DuplicateJob, InvalidTransition, JobNotFound
-from batchjob.model import FailureReason, JobStatus, NewJob
+from batchjob.model import FailureReason, Job, JobStatus, NewJob
 from batchjob.queue import Queue
 from batchjob.store import ClaimRequest, Outcome, Store, migrations
 
@@ -288,6 +289,21 @@ def test_a_bulk_enqueue_split_into_several_statements_returns_each_job_as_stored
     assert [job.command[1] for job in returned] == [str(n) for n in range(30)]
     assert returned == [store.get(job.id) for job in returned]
     assert [job.id for job in returned] == sorted(job.id for job in returned)
+
+
+def test_a_job_built_from_its_fields_equals_one_built_by_init_and_needs_every_field(
+    store: Store,
+) -> None:
+    (stored,) = store.enqueue([NewJob(command=["x", JAPANESE], env={"A": JAPANESE})])
+    values = {name: getattr(stored, name) for name in vars(stored)}
+    assert Job.from_fields(dict(values)) == Job(**values) == stored
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        Job.from_fields(dict(values)).attempt = 2  # type: ignore[misc]
+    del values["pid"]
+    with pytest.raises(TypeError, match="pid"):
+        Job.from_fields(dict(values))
+    with pytest.raises(TypeError, match="surplus"):
+        Job.from_fields({**values, "pid": None, "surplus": 1})
 
 
 def _enqueue_batches(url: str, tag: str, start_at: float) -> list[tuple[int, str]]:

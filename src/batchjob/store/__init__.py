@@ -14,7 +14,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, fields
+from dataclasses import MISSING, dataclass, fields
 from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
@@ -1059,14 +1059,14 @@ def _insert_jobs_from_arrays(keys: tuple[str, ...]) -> Any:
     )
 
 
-def _new_job(parameters: Mapping[str, Any], assigned: Row[Any, Any, Any]) -> Job:
+def _new_job(parameters: dict[str, Any], assigned: Row[Any, Any, Any]) -> Job:
     """The Job just inserted with `parameters`, as `get` would read it back."""
-    values = dict(parameters)  # a copy and three deletions: half a filtered comprehension's time
+    values = _JOB_DEFAULTS | parameters  # then three deletions: half a filtering's time
     for name in _NOT_JOB_FIELDS:
         del values[name]
     job_id, created_at, run_at = assigned
     values.update(status=JobStatus.PENDING, id=job_id, created_at=created_at, run_at=run_at)
-    return Job(**values)
+    return Job.from_fields(values)
 
 
 def _reject_duplicate_keys_within(new_jobs: Sequence[NewJob]) -> None:
@@ -1142,11 +1142,13 @@ def _job_from_row(row: Row[Any], diagnosis: Mapping[str, Any] | None = None) -> 
         timeout=_seconds(values["timeout"]),
         stall_timeout=_seconds(values["stall_timeout"]),
         retry_backoff=_seconds(values["retry_backoff"]),
+        diagnosis=diagnosis,
     )
-    return Job(**values, diagnosis=diagnosis)
+    return Job.from_fields(values)
 
 
 _JOB_COLUMNS = [field.name for field in fields(Job) if field.name != "diagnosis"]
+_JOB_DEFAULTS = {field.name: field.default for field in fields(Job) if field.default is not MISSING}
 
 
 def _seconds(value: float | None) -> float | None:
