@@ -118,7 +118,7 @@ class Job:
         """The Job of `values`, a dict holding every field and nothing else, taken as it is.
 
         For the store, which builds Jobs by the thousand: a frozen dataclass's `__init__` sets
-        its 41 fields one `object.__setattr__` at a time, 70 % of building a Job.
+        its 41 fields one `object.__setattr__` at a time, six times as slow as this.
         """
         if values.keys() != _JOB_FIELD_NAMES:
             unexpected = sorted(values.keys() ^ _JOB_FIELD_NAMES)
