@@ -27,6 +27,7 @@ from sqlalchemy import create_engine, make_url, text, update
 from batchjob.model import FailureReason, Job, JobStatus
 from batchjob.queue import Queue
 from batchjob.store import WorkerRegistration
+from batchjob.store.migrations import LATEST_VERSION
 from batchjob.store.schema import workers as workers_table
 from conftest import BATCHJOB, Workers, run_cli, tmpfs, wait_until
 from tcp_proxy import TcpProxy
@@ -370,6 +371,34 @@ def test_an_enqueue_wakes_an_idle_worker_long_before_its_next_poll(
     assert enqueued.returncode == 0, enqueued.stderr
     woken = queue.wait(int(enqueued.stdout), timeout=60)  # half the poll interval
     assert woken.status == JobStatus.COMPLETED
+
+
+def test_a_worker_on_an_older_schema_says_to_run_init(
+    workers: Workers, queue: Queue, database_url: str
+) -> None:
+    engine = create_engine(database_url)
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                text("DELETE FROM batch_job_schema WHERE version = :latest"),
+                {"latest": LATEST_VERSION},
+            )
+        workers.start()
+        log = workers.directory / "logs" / "batch_job_worker.log"
+        line = wait_until(
+            lambda: (
+                next(
+                    (row for row in log.read_text().splitlines() if "schema_outdated" in row), None
+                )
+                if log.exists()
+                else None
+            )
+        )
+        assert f"version={LATEST_VERSION - 1} latest={LATEST_VERSION}" in line
+        assert "batchjob init" in line
+    finally:
+        engine.dispose()
+        assert queue.init() == (LATEST_VERSION - 1, LATEST_VERSION)
 
 
 def test_logs_follow_prints_until_the_job_ends(

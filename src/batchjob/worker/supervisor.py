@@ -32,6 +32,7 @@ from batchjob.runner import StopReason, watch
 from batchjob.runner.scratch import PrivateTmp
 from batchjob.runner.spawn import read_env_file, reserve_progress_fd
 from batchjob.store import ClaimedJob, ClaimRequest, Store, WorkerRegistration
+from batchjob.store.migrations import LATEST_VERSION
 from batchjob.worker.guardian import Guardian
 from batchjob.worker.leases import LeaseKeeper
 from batchjob.worker.maintenance import (
@@ -126,6 +127,7 @@ class Worker:
             ",".join(self.queues) if self.queues else "*", store.display_url, subreaper,
         )  # fmt: skip
         self._register(store, outage)
+        self._warn_if_schema_is_old(store)
         for leftover in sweep_stale_processes(self.host):
             log.warning("action=stale_process_killed %s: its job is no longer held here", leftover)
         keeper.start()
@@ -304,6 +306,19 @@ class Worker:
                 pause = DATABASE_BACKOFF_SECONDS[min(failures, len(DATABASE_BACKOFF_SECONDS) - 1)]
                 if self._stopping.wait(pause):
                     raise
+
+    @staticmethod
+    def _warn_if_schema_is_old(store: Store) -> None:
+        """The worker runs on an older schema, but without what the newer steps add (on
+        PostgreSQL since step 2: being woken by enqueues); say so where an operator looks."""
+        with contextlib.suppress(StoreUnavailable):
+            version = store.schema_version()
+            if version < LATEST_VERSION:
+                log.warning(
+                    "action=schema_outdated version=%d latest=%d: run `batchjob init` "
+                    "(safe to repeat) to upgrade it",
+                    version, LATEST_VERSION,
+                )  # fmt: skip
 
     def _log_space_low(self, reported: bool) -> bool:
         try:
