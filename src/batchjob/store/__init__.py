@@ -19,6 +19,7 @@ from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
     Connection,
+    Dialect,
     Float,
     Integer,
     Row,
@@ -142,7 +143,6 @@ class Store:
         self._engine = create_engine(self.url, json_serializer=_json_dumps, **options)
         dialects.prepare_engine(self._engine)
         self._recycle_checked = False
-        self._bulk_insert: DriverStatement | None = None
 
     @property
     def dialect_name(self) -> str:
@@ -603,10 +603,7 @@ class Store:
         if len(rows) > 1 and dialects.has_single_writer(conn):
             # SQLAlchemy sends many rows with RETURNING to SQLite one statement each (SQLite does
             # not promise RETURNING's order): insert them in one executemany instead.
-            if self._bulk_insert is None:
-                keys = list(rows[0])
-                self._bulk_insert = DriverStatement.compile(_INSERT_JOB, conn.dialect, keys)
-            self._bulk_insert.execute_many(conn, rows)
+            _insert_jobs_by_driver(conn.dialect, tuple(rows[0])).execute_many(conn, rows)
             last = dialects.last_inserted_id(conn)
             assigned = conn.execute(
                 select(*_ASSIGNED).where(jobs.c.id > last - len(rows)).order_by(jobs.c.id)
@@ -1036,6 +1033,12 @@ _INSERT_JOB = insert(jobs).values(
 _ASSIGNED = (jobs.c.id, jobs.c.created_at, jobs.c.run_at)
 _INSERT_JOB_RETURNING = _INSERT_JOB.returning(*_ASSIGNED, sort_by_parameter_order=True)
 _NOT_JOB_FIELDS = ("run_at_given", "delay_seconds", "active_unique_key")
+
+
+@functools.cache
+def _insert_jobs_by_driver(dialect: Dialect, keys: tuple[str, ...]) -> DriverStatement:
+    """`_INSERT_JOB` compiled for SQLite's bulk: many rows as tuples, in one executemany."""
+    return DriverStatement.compile(_INSERT_JOB, dialect, keys)
 
 
 @functools.cache
