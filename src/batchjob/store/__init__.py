@@ -1024,15 +1024,20 @@ def _run_at(given: Any, delay_seconds: Any) -> Any:
     return func.coalesce(given, dialects.db_now_plus(delay_seconds))
 
 
+# The insert's parameters that are no column: what `_run_at` makes the job's run_at of.
+_SCHEDULE_PARAMETERS: dict[str, TypeEngine[Any]] = {
+    "run_at_given": Moment(),
+    "delay_seconds": Float(),
+}
 _INSERT_JOB = insert(jobs).values(
     created_at=dialects.db_now(),
-    run_at=_run_at(bindparam("run_at_given", type_=Moment), bindparam("delay_seconds")),
+    run_at=_run_at(*(bindparam(name, type_=type_) for name, type_ in _SCHEDULE_PARAMETERS.items())),
 )
 # Only what the database sets comes back: decoding every JSON column of every new row again
 # was a quarter of a bulk enqueue's time.
 _ASSIGNED = (jobs.c.id, jobs.c.created_at, jobs.c.run_at)
 _INSERT_JOB_RETURNING = _INSERT_JOB.returning(*_ASSIGNED, sort_by_parameter_order=True)
-_NOT_JOB_FIELDS = ("run_at_given", "delay_seconds", "active_unique_key")
+_NOT_JOB_FIELDS = (*_SCHEDULE_PARAMETERS, "active_unique_key")
 
 
 @functools.cache
@@ -1044,12 +1049,14 @@ def _insert_jobs_by_driver(dialect: Dialect, keys: tuple[str, ...]) -> DriverSta
 @functools.cache
 def _insert_jobs_from_arrays(keys: tuple[str, ...]) -> Any:
     """`_INSERT_JOB` for PostgreSQL's bulk: the rows from one array per key, in their order."""
-    not_columns: dict[str, TypeEngine[Any]] = {"run_at_given": Moment(), "delay_seconds": Float()}
     given = dialects.unnest_rows(
-        {key: not_columns[key] if key in not_columns else jobs.c[key].type for key in keys},
+        {
+            key: _SCHEDULE_PARAMETERS[key] if key in _SCHEDULE_PARAMETERS else jobs.c[key].type
+            for key in keys
+        },
         position="position",
     )
-    columns = [key for key in keys if key not in not_columns]
+    columns = [key for key in keys if key not in _SCHEDULE_PARAMETERS]
     rows = select(
         *(given.c[column] for column in columns),
         _run_at(given.c.run_at_given, given.c.delay_seconds),
