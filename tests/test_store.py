@@ -185,7 +185,24 @@ def test_each_attempts_events_carry_its_number_when_written_with_the_next_claim(
         ("claimed", 2, None),
         ("attempt", 2, 2),
     ]
-    assert [(e.kind, e.attempt) for e in store.events(other.id)] == [("claimed", 1)]
+    assert [(e.kind, e.attempt, e.message, e.worker_id) for e in store.events(other.id)] == [
+        ("claimed", 1, "claimed by w for attempt 1", "w")
+    ]
+
+
+def test_a_job_retried_at_once_and_claimed_in_the_same_transaction_keeps_its_history_in_order(
+    store: Store,
+) -> None:
+    (flaky,) = store.enqueue([NewJob(command=["flaky"], max_attempts=2)])
+    (first,) = store.claim("w", None, 1, 30)
+    retry = Outcome(JobStatus.PENDING, exit_code=1, retry_delay=0, evidence={"pid": 1})
+    recorded, (again,) = store.finish_and_claim(first.lease, retry, ClaimRequest("w", None, 1, 30))
+    assert recorded and again.job.id == flaky.id and again.lease.attempt == 2
+    assert [(e.kind, e.attempt) for e in store.events(flaky.id)] == [
+        ("claimed", 1),
+        ("attempt", 1),
+        ("claimed", 2),
+    ]
 
 
 def test_a_renewed_lease_is_not_rescued(store: Store) -> None:

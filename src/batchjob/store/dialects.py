@@ -240,6 +240,12 @@ def inserts_rows_from_arrays(connection: Connection) -> bool:
     return connection.dialect.name == "postgresql"
 
 
+def modifies_in_one_statement(connection: Connection) -> bool:
+    """PostgreSQL: a SELECT ... FOR UPDATE, an UPDATE ... RETURNING and an INSERT of what it
+    returned run as one statement (data-modifying WITH), one round trip for a claim."""
+    return connection.dialect.name == "postgresql"
+
+
 def unnest_rows(columns: Mapping[str, TypeEngine[Any]], position: str) -> TableValuedAlias:
     """PostgreSQL: rows from one array parameter per column (each named as its column), with
     their 1-based `position` in the arrays."""
