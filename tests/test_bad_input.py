@@ -292,6 +292,21 @@ def test_a_lone_surrogate_in_env_or_params_is_invalid_input_and_stores_nothing(
     assert total_jobs(task_queue) == before
 
 
+def test_a_request_is_refused_by_its_size_in_utf8_bytes_not_characters(queue: Queue) -> None:
+    """Each value under the 128 KiB a program may receive; together over or under the 1 MiB
+    a request may hold, counted in UTF-8 (第: 3 bytes)."""
+    under = {f"V{n}": "第" * 40_000 for n in range(8)}  # 960,000 bytes, 320,000 characters
+    assert queue.get(queue.enqueue(["true"], env=under).id).env == under
+    for over in (
+        {f"V{n}": "第" * 40_000 for n in range(9)},  # 1,080,000 bytes
+        {f"V{n}": "x" * 120_000 for n in range(9)},  # 1,080,000 bytes, ASCII
+    ):
+        with pytest.raises(InvalidInput) as caught:
+            queue.enqueue(["true"], env=over)
+        assert "the limit is 1048576" in assert_one_line(caught.value)
+    assert total_jobs(queue) == 1
+
+
 def test_a_delay_beyond_what_a_timestamp_holds_is_invalid_input_naming_delay(
     queue: Queue,
 ) -> None:

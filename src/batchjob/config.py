@@ -253,10 +253,13 @@ def passable_text(value: object, key: str) -> str:
         raise ConfigError(f"{key}: must be a string, got {_show(value)}")
     if "\0" in value:
         raise ConfigError(f"{key}: contains a NUL byte, which no program can receive")
-    try:
-        size = len(value.encode("utf-8"))
-    except UnicodeEncodeError:
-        raise ConfigError(f"{key}: is not valid UTF-8 text: {_show(value)}") from None
+    if value.isascii():  # UTF-8 already, one byte a character: nothing to encode
+        size = len(value)
+    else:
+        try:
+            size = len(value.encode("utf-8"))
+        except UnicodeEncodeError:
+            raise ConfigError(f"{key}: is not valid UTF-8 text: {_show(value)}") from None
     if size > MAX_ARGUMENT_BYTES:
         raise ConfigError(
             f"{key}: is {size} bytes; a program receives at most {MAX_ARGUMENT_BYTES}"

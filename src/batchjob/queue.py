@@ -307,6 +307,8 @@ def _check_size(argv: Sequence[str], env: Mapping[str, str], params: Mapping[str
         *(f"{k}={v}" for k, v in env.items()),
         *(f"{k}={v}" for k, v in params.items()),
     ]
+    if 4 * sum(map(len, pieces)) <= MAX_REQUEST_BYTES:
+        return  # UTF-8 takes at most 4 bytes a character: within the limit, however encoded
     total = sum(len(piece.encode("utf-8")) for piece in pieces)  # already checked as UTF-8
     if total > MAX_REQUEST_BYTES:
         raise InvalidInput(
