@@ -190,13 +190,45 @@ def test_each_attempts_events_carry_its_number_when_written_with_the_next_claim(
     ]
 
 
-def test_a_job_retried_at_once_and_claimed_in_the_same_transaction_keeps_its_history_in_order(
+def test_an_outcome_recorded_with_the_next_claim_changes_only_its_own_job(store: Store) -> None:
+    ending, following = store.enqueue([NewJob(command=["a"]), NewJob(command=["b"])])
+    (first,) = store.claim("w", None, 1, 30)
+    done = Outcome(
+        JobStatus.COMPLETED,
+        exit_code=0,
+        peak_rss_bytes=123,
+        peak_open_fds=7,
+        progress=("half", 1, 2),
+        started=(4242, "/logs/a.log"),
+        evidence={"pid": 4242},
+    )
+    recorded, (claimed,) = store.finish_and_claim(first.lease, done, ClaimRequest("w", None, 1, 30))
+    ended, started = store.get(ending.id), store.get(following.id)
+    assert recorded and claimed.job == started
+    assert (ended.status, ended.exit_code, ended.peak_rss_bytes, ended.peak_open_fds) == (
+        JobStatus.COMPLETED, 0, 123, 7,
+    )  # fmt: skip
+    assert (ended.pid, ended.log_path, ended.progress_message, ended.lease_expires_at) == (
+        4242, "/logs/a.log", "half", None,
+    )  # fmt: skip
+    assert (started.status, started.attempt, started.worker_id) == (JobStatus.RUNNING, 1, "w")
+    assert started.lease_expires_at is not None
+    assert (started.peak_rss_bytes, started.peak_open_fds, started.pid, started.log_path) == (
+        None, None, None, None,
+    )  # fmt: skip
+    assert started.exit_code is None and started.progress_message is None
+
+
+def test_a_job_retried_at_once_and_claimed_again_keeps_its_history_in_order(
     store: Store,
 ) -> None:
     (flaky,) = store.enqueue([NewJob(command=["flaky"], max_attempts=2)])
     (first,) = store.claim("w", None, 1, 30)
     retry = Outcome(JobStatus.PENDING, exit_code=1, retry_delay=0, evidence={"pid": 1})
-    recorded, (again,) = store.finish_and_claim(first.lease, retry, ClaimRequest("w", None, 1, 30))
+    recorded, claimed = store.finish_and_claim(first.lease, retry, ClaimRequest("w", None, 1, 30))
+    # Claimed with the outcome in its transaction (SQLite, MariaDB), or by the next claim
+    # (PostgreSQL: in the statement that records the outcome, the attempt is still running).
+    (again,) = claimed or store.claim("w", None, 1, 30)
     assert recorded and again.job.id == flaky.id and again.lease.attempt == 2
     assert [(e.kind, e.attempt) for e in store.events(flaky.id)] == [
         ("claimed", 1),

@@ -36,6 +36,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    union_all,
     update,
 )
 from sqlalchemy.engine import URL
@@ -148,6 +149,7 @@ class Store:
         self._engine = create_engine(self.url, json_serializer=_json_dumps, **options)
         dialects.prepare_engine(self._engine)
         self._recycle_checked = False
+        self._claims_in_one_statement = dialects.modifies_in_one_statement(self._engine.dialect)
 
     @property
     def dialect_name(self) -> str:
@@ -332,14 +334,13 @@ class Store:
         if limit <= 0:
             return []
         request = ClaimRequest(worker_id, queues, limit, lease_timeout)
-
-        def claim(conn: Connection) -> list[ClaimedJob]:
-            events: list[_NewEvent] = []
-            claimed = _claim(conn, request, events)
-            _record_events(conn, events)
-            return claimed
-
-        return self._run(claim)
+        if self._claims_in_one_statement:
+            claimed = self._run(
+                lambda conn: _claim_in_one_statement(conn, request, None), autocommit=True
+            )[1]
+            if claimed is not None:
+                return claimed
+        return self._run(lambda conn: _claim_by_steps(conn, request))
 
     def renew_leases(
         self,
@@ -397,7 +398,15 @@ class Store:
         self, lease: Lease, outcome: Outcome, request: ClaimRequest | None
     ) -> tuple[bool, list[ClaimedJob]]:
         """`finish`, then `claim` in the same transaction: a slot's next job for one commit,
-        and one INSERT for the events of both."""
+        and one INSERT for the events of both. On PostgreSQL both are one statement."""
+        if request is not None and request.limit > 0 and self._claims_in_one_statement:
+            recorded, claimed = self._run(
+                lambda conn: _claim_in_one_statement(conn, request, (lease, outcome)),
+                autocommit=True,
+            )
+            if claimed is None:  # a due job has a concurrency_key: the outcome is stored
+                claimed = self._run(lambda conn: _claim_by_steps(conn, request))
+            return recorded, claimed
 
         def finish_and_claim(conn: Connection) -> tuple[bool, list[ClaimedJob]]:
             events: list[_NewEvent] = []
@@ -685,21 +694,26 @@ class Store:
         *,
         read_only: bool = False,
         retry_commit: bool = True,
+        autocommit: bool = False,
     ) -> T:
         """Run `operation` in one transaction, again after a passing failure.
 
         A failure before the commit is sent leaves nothing behind (the database rolls back),
         so running it again is always safe; a failed commit is run again only with
         `retry_commit`, as its answer may be lost after the database committed it.
+        `autocommit`: an operation of one statement, which commits as it runs (no BEGIN and
+        COMMIT to wait for); a failure of it counts as a failed commit.
         """
         committing = False
 
         def transaction() -> T:
             nonlocal committing
-            committing = False
+            committing = autocommit
             with self._engine.connect() as conn:
                 if read_only:
                     conn.execution_options(**{dialects.READ_ONLY_OPTION: True})
+                if autocommit:
+                    conn.execution_options(isolation_level="AUTOCOMMIT")
                 self._check_recycle(conn)
                 begun = conn.begin()
                 result = operation(conn)  # on an error, closing conn rolls back
@@ -815,18 +829,7 @@ def _due_jobs_query(with_queues: bool, lock_rows: bool) -> Any:
 
 
 def _claim(conn: Connection, request: ClaimRequest, events: list[_NewEvent]) -> list[ClaimedJob]:
-    """Claim due jobs; their "claimed" events go to `events`, for the caller to write.
-
-    On PostgreSQL the claim writes its own events, after those already in `events` (which it
-    writes and empties first): a job retried at once may be claimed again in the transaction
-    that ended its attempt, and its history must keep that order.
-    """
-    if dialects.modifies_in_one_statement(conn):
-        _record_events(conn, events)
-        events.clear()
-        without_keys = _claim_without_keys(conn, request)
-        if without_keys is not None:
-            return without_keys
+    """Claim due jobs; their "claimed" events go to `events`, for the caller to write."""
     queues = request.queues
     wanted = {"candidates": request.limit * CLAIM_CANDIDATE_FACTOR, "queues": list(queues or ())}
     due = _DUE_JOBS[bool(queues), dialects.supports_skip_locked(conn)]
@@ -835,7 +838,12 @@ def _claim(conn: Connection, request: ClaimRequest, events: list[_NewEvent]) -> 
         return []
     token, worker_id = uuid.uuid4().hex, request.worker_id
     granted_at = time.monotonic()
-    values = {"ids": chosen, "token": token, "seconds": request.lease_timeout, "worker": worker_id}
+    values = {
+        "ids": chosen,
+        "new_token": token,
+        "seconds": request.lease_timeout,
+        "worker": worker_id,
+    }
     if conn.dialect.update_returning:  # SQLite, PostgreSQL: one statement, not two
         rows = conn.execute(_CLAIM_RETURNING, values).all()
     else:
@@ -858,21 +866,40 @@ def _claim(conn: Connection, request: ClaimRequest, events: list[_NewEvent]) -> 
     ]
 
 
-def _claim_without_keys(conn: Connection, request: ClaimRequest) -> list[ClaimedJob] | None:
-    """The claim and its events in one statement, when the next due jobs have no
-    concurrency_key; None when one has: its key's lock and count need `_claim`'s steps."""
+def _claim_by_steps(conn: Connection, request: ClaimRequest) -> list[ClaimedJob]:
+    events: list[_NewEvent] = []
+    claimed = _claim(conn, request, events)
+    _record_events(conn, events)
+    return claimed
+
+
+def _claim_in_one_statement(
+    conn: Connection, request: ClaimRequest, ending: tuple[Lease, Outcome] | None
+) -> tuple[bool, list[ClaimedJob] | None]:
+    """PostgreSQL: the claim, its events and (`ending`) the outcome of the slot's last
+    attempt, in one statement. Returns whether the outcome was recorded, and the claimed
+    jobs; None when one of the next due jobs has a concurrency_key, whose lock and count
+    need `_claim`'s steps (the outcome is recorded all the same)."""
     token, granted_at = uuid.uuid4().hex, time.monotonic()
     values = {
         "candidates": request.limit,
         "queues": list(request.queues or ()),
-        "token": token,
+        "new_token": token,
         "seconds": request.lease_timeout,
         "worker": request.worker_id,
     }
-    rows = conn.execute(_CLAIM_WITHOUT_KEYS[bool(request.queues)], values).all()
+    finish: tuple[tuple[str, ...], JobStatus, bool] | None = None
+    if ending is not None:
+        lease, outcome = ending
+        columns, finish_values = _outcome_values(lease, outcome)
+        values.update(finish_values, ended_attempt=lease.attempt, evidence=outcome.evidence)
+        finish = (columns, outcome.status, outcome.evidence is not None)
+    statement = _claim_in_one_statement_of(bool(request.queues), finish)
+    rows = conn.execute(statement, values).all()
+    recorded = ending is None or bool(rows[0].recorded)
     if rows[0].keyed:
-        return None
-    return [
+        return recorded, None
+    return recorded, [
         ClaimedJob(job, Lease(job.id, token, job.attempt), granted_at)
         for job in (_job_from_row(row) for row in rows if row.id is not None)
     ]
@@ -880,6 +907,19 @@ def _claim_without_keys(conn: Connection, request: ClaimRequest) -> list[Claimed
 
 def _finish(conn: Connection, lease: Lease, outcome: Outcome, events: list[_NewEvent]) -> bool:
     """Record the outcome if the lease still holds; its "attempt" event goes to `events`."""
+    columns, values = _outcome_values(lease, outcome)
+    if conn.execute(_finish_statement(columns, outcome.status), values).rowcount != 1:
+        return False
+    if outcome.evidence is not None:
+        events.append(
+            _NewEvent(lease.job_id, lease.attempt, "attempt", "the attempt ended", outcome.evidence)
+        )
+    return True
+
+
+def _outcome_values(lease: Lease, outcome: Outcome) -> tuple[tuple[str, ...], dict[str, Any]]:
+    """The columns an outcome sets (the shape of its `_finish_statement`) and the statement's
+    parameters."""
     values: dict[str, Any] = {
         "status": outcome.status.value,
         "exit_code": outcome.exit_code,
@@ -889,9 +929,6 @@ def _finish(conn: Connection, lease: Lease, outcome: Outcome, events: list[_NewE
         "hint": outcome.hint,
         "peak_rss_bytes": outcome.peak_rss_bytes,
         "peak_open_fds": outcome.peak_open_fds,
-        "lease_token": None,
-        "lease_expires_at": None,
-        "stalled_at": None,
     }
     if outcome.started is not None:
         values["pid"], values["log_path"] = outcome.started
@@ -902,15 +939,13 @@ def _finish(conn: Connection, lease: Lease, outcome: Outcome, events: list[_NewE
         values["retry_delay"] = outcome.retry_delay or 0.0
     elif not outcome.status.is_finished:
         raise ValueError(f"an attempt cannot finish as {outcome.status}")
-    statement = _finish_statement(tuple(values), outcome.status)
-    values.update(job_id=lease.job_id, token=lease.token)
-    if conn.execute(statement, values).rowcount != 1:
-        return False
-    if outcome.evidence is not None:
-        events.append(
-            _NewEvent(lease.job_id, lease.attempt, "attempt", "the attempt ended", outcome.evidence)
-        )
-    return True
+    parameters = {_OUTCOME_PARAMETER + column: value for column, value in values.items()}
+    return tuple(values), parameters | {"job_id": lease.job_id, "token": lease.token}
+
+
+# Named apart from the columns: SQLAlchemy gives an UPDATE a SET for each parameter named as
+# one of its columns, and the claim's UPDATE shares its statement with the outcome's.
+_OUTCOME_PARAMETER = "outcome_"
 
 
 def _admit_within_concurrency(
@@ -957,7 +992,7 @@ def _admit_within_concurrency(
 
 def _finished_values() -> dict[str, Any]:
     """Columns every move into an end state sets: the end time and the released unique_key."""
-    return {"completed_at": dialects.db_now(), "active_unique_key": None}
+    return {"completed_at": dialects.db_now(), "active_unique_key": null()}
 
 
 def _cleared_result_values() -> dict[str, Any]:
@@ -982,7 +1017,7 @@ def _claim_update(target: Any, chosen: Callable[[Any], ColumnElement[bool]]) -> 
         .values(
             status=RUNNING,
             attempt=target.c.attempt + 1,
-            lease_token=bindparam("token"),
+            lease_token=bindparam("new_token"),
             lease_expires_at=dialects.db_now_plus(bindparam("seconds", type_=Float)),
             started_at=dialects.db_now(),
             worker_id=bindparam("worker"),
@@ -1003,14 +1038,21 @@ _CLAIMED = select(jobs).where(
 )
 
 
-def _claim_without_keys_statement(with_queues: bool) -> Any:
-    """PostgreSQL: lock the next due jobs, start their attempts, write their "claimed" events,
-    in one statement; only if none of them has a concurrency_key. One row at least: `keyed`
-    counts the locked jobs that have one (then nothing was claimed), and any other column is
-    a claimed job's (all NULL when none was due).
+@functools.cache
+def _claim_in_one_statement_of(
+    with_queues: bool, finish: tuple[tuple[str, ...], JobStatus, bool] | None
+) -> Any:
+    """PostgreSQL: lock the next due jobs, start their attempts and write their "claimed"
+    events, in one statement, only if none of them has a concurrency_key; with `finish`
+    (columns, status, with evidence), record an ended attempt's outcome (and its "attempt"
+    event) in it too. One row at least: `recorded` (with `finish`) whether the outcome was
+    taken, `keyed` how many of the locked jobs have a key (then none was claimed), and a
+    claimed job's columns (all NULL when none was due).
 
-    Two round trips, and SQLAlchemy's work for them, fewer than `_claim`'s steps: on an idle
-    worker the claim was the largest part of the time from an enqueue to the job's start.
+    One round trip where the steps took five: on a machine the jobs keep busy, each round
+    trip waited for the database's process to get a CPU. The jobs it claims are due in the
+    statement's snapshot, where the attempt it ends is still running: a job is never ended
+    and claimed again in one statement, so each job's events stay in their order.
     """
     due = _due_jobs_query(with_queues, lock_rows=True).cte("due")
     keyed = (
@@ -1033,28 +1075,42 @@ def _claim_without_keys_statement(with_queues: bool) -> Any:
         .cte("claimed")
     )
     worker = bindparam("worker", type_=String)
+    new_events = select(
+        claimed.c.id,
+        claimed.c.attempt,
+        literal("claimed"),
+        dialects.db_now(),
+        worker,
+        func.concat("claimed by ", worker, " for attempt ", claimed.c.attempt),
+        null(),
+    )
+    outcome: list[Any] = []
+    if finish is not None:
+        columns, status, with_evidence = finish
+        finished = _finish_statement(columns, status).returning(jobs.c.id).cte("finished")
+        outcome.append(
+            select(func.count()).select_from(finished).scalar_subquery().label("recorded")
+        )
+        if with_evidence:
+            ended = select(
+                finished.c.id,
+                bindparam("ended_attempt", type_=Integer),
+                literal("attempt"),
+                dialects.db_now(),
+                null(),
+                literal("the attempt ended"),
+                bindparam("evidence", type_=events.c.data.type),
+            )
+            new_events = union_all(ended, new_events)  # type: ignore[assignment]
     logged = insert(events).from_select(
-        ["job_id", "attempt", "kind", "at", "worker_id", "message"],
-        select(
-            claimed.c.id,
-            claimed.c.attempt,
-            literal("claimed"),
-            dialects.db_now(),
-            worker,
-            func.concat("claimed by ", worker, " for attempt ", claimed.c.attempt),
-        ),
+        ["job_id", "attempt", "kind", "at", "worker_id", "message", "data"], new_events
     )
     return (
-        select(keyed.c.keyed, *claimed.c)
+        select(*outcome, keyed.c.keyed, *claimed.c)
         .select_from(keyed.outerjoin(claimed, true()))
         .order_by(claimed.c.priority.desc(), claimed.c.run_at, claimed.c.id)
         .add_cte(logged.cte("logged"))
     )
-
-
-_CLAIM_WITHOUT_KEYS = {
-    with_queues: _claim_without_keys_statement(with_queues) for with_queues in (False, True)
-}
 
 
 @functools.cache
@@ -1066,12 +1122,14 @@ def _finish_statement(columns: tuple[str, ...], status: JobStatus) -> Any:
     work. Any other outcome needs the lease still held.
     """
     values: dict[str, Any] = {
-        column: bindparam(column, type_=jobs.c[column].type)
+        column: bindparam(_OUTCOME_PARAMETER + column, type_=jobs.c[column].type)
         for column in columns
         if column != "retry_delay"
     }
+    values.update(lease_token=null(), lease_expires_at=null(), stalled_at=null())
     if status == JobStatus.PENDING:
-        values["run_at"] = dialects.db_now_plus(bindparam("retry_delay", type_=Float))
+        retry_delay = bindparam(_OUTCOME_PARAMETER + "retry_delay", type_=Float)
+        values["run_at"] = dialects.db_now_plus(retry_delay)
     else:
         values.update(_finished_values())
     alive = (RUNNING, PENDING) if status == JobStatus.COMPLETED else (RUNNING,)

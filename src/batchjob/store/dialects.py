@@ -16,6 +16,7 @@ from typing import Any
 
 from sqlalchemy import (
     Connection,
+    Dialect,
     Engine,
     Float,
     FunctionElement,
@@ -240,10 +241,10 @@ def inserts_rows_from_arrays(connection: Connection) -> bool:
     return connection.dialect.name == "postgresql"
 
 
-def modifies_in_one_statement(connection: Connection) -> bool:
-    """PostgreSQL: a SELECT ... FOR UPDATE, an UPDATE ... RETURNING and an INSERT of what it
-    returned run as one statement (data-modifying WITH), one round trip for a claim."""
-    return connection.dialect.name == "postgresql"
+def modifies_in_one_statement(dialect: Dialect) -> bool:
+    """PostgreSQL: a SELECT ... FOR UPDATE, UPDATEs ... RETURNING and an INSERT of what they
+    returned run as one statement (data-modifying WITH): one round trip for a claim."""
+    return dialect.name == "postgresql"
 
 
 def unnest_rows(columns: Mapping[str, TypeEngine[Any]], position: str) -> TableValuedAlias:
