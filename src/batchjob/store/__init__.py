@@ -404,8 +404,11 @@ class Store:
                 lambda conn: _claim_in_one_statement(conn, request, (lease, outcome)),
                 autocommit=True,
             )
-            if claimed is None:  # a due job has a concurrency_key: the outcome is stored
-                claimed = self._run(lambda conn: _claim_by_steps(conn, request))
+            if claimed is None:  # a due job has a concurrency_key; the outcome is stored
+                try:
+                    claimed = self._run(lambda conn: _claim_by_steps(conn, request))
+                except StoreUnavailable:
+                    claimed = []  # not the outcome again: the worker's own claims take over
             return recorded, claimed
 
         def finish_and_claim(conn: Connection) -> tuple[bool, list[ClaimedJob]]:
@@ -996,8 +999,7 @@ def _finished_values() -> dict[str, Any]:
 
 
 def _cleared_result_values() -> dict[str, Any]:
-    """NULL in the SQL text, not as parameters: the claim's statement stays short enough for
-    psycopg's cache of parsed statements (4,096 characters)."""
+    """NULL in the SQL text, not as parameters: shorter statements, fewer parameters."""
     return dict.fromkeys(("exit_code", "signal", "failure_reason", "error_summary", "hint"), null())
 
 
@@ -1061,8 +1063,9 @@ def _claim_in_one_statement_of(
         .where(due.c.concurrency_key.is_not(None))
         .cte("keyed")
     )
-    # Aliased: RETURNING's 43 columns as "job.x", not "batch_job_queue.x", keep the statement
-    # under psycopg's 4,096 characters for caching its parsed form.
+    # Aliased: RETURNING's 43 columns as "job.x", not "batch_job_queue.x", keep the claim's
+    # statement under the 4,096 characters psycopg caches the parsed form of (with an
+    # outcome it is longer: parsed each time, 70 us).
     job = jobs.alias("job")
     claimed = (
         _claim_update(
@@ -1263,7 +1266,6 @@ def _record_event(
     )
 
 
-_INSERT_EVENT = insert(events).values(at=dialects.db_now())
 _INSERT_EVENT_OF_CURRENT_ATTEMPT = insert(events).values(
     at=dialects.db_now(),
     attempt=func.coalesce(
@@ -1284,8 +1286,41 @@ class _NewEvent(NamedTuple):
 
 
 def _record_events(conn: Connection, entries: Sequence[_NewEvent]) -> None:
-    if entries:
-        conn.execute(_INSERT_EVENT, [entry._asdict() for entry in entries])
+    """The events in statements of up to `EVENTS_PER_INSERT` rows each, in their order.
+
+    Not an executemany: PyMySQL sends one of rows holding an expression (the database's
+    clock) a row at a time, a round trip for each of a slot's two events.
+    """
+    for start in range(0, len(entries), EVENTS_PER_INSERT):
+        part = entries[start : start + EVENTS_PER_INSERT]
+        conn.execute(
+            _insert_events(len(part)),
+            {
+                f"{name}_{index}": value
+                for index, entry in enumerate(part)
+                for name, value in zip(_NewEvent._fields, entry, strict=True)
+            },
+        )
+
+
+EVENTS_PER_INSERT = 8
+
+
+@functools.cache
+def _insert_events(count: int) -> Any:
+    """One INSERT of `count` events, their values named `<field>_<row>`."""
+    return insert(events).values(
+        [
+            {
+                **{
+                    name: bindparam(f"{name}_{index}", type_=events.c[name].type)
+                    for name in _NewEvent._fields
+                },
+                "at": dialects.db_now(),
+            }
+            for index in range(count)
+        ]
+    )
 
 
 def _job_from_row(row: Row[Any], diagnosis: Mapping[str, Any] | None = None) -> Job:
