@@ -163,21 +163,6 @@ def test_lease_expiry_rescues_while_attempts_remain_then_fails(store: Store) -> 
     ]
 
 
-def test_events_written_in_several_inserts_keep_each_jobs_own(
-    store: Store, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(batchjob.store, "EVENTS_PER_INSERT", 2)
-    stored = store.enqueue([NewJob(command=["sleep", str(n)], max_attempts=2) for n in range(5)])
-    assert len(store.claim("w", None, 5, lease_timeout=0.2)) == 5
-    time.sleep(0.5)
-    assert len(store.rescue_expired()) == 5  # five "rescued" events: three INSERTs
-    for job in stored:
-        assert [(e.kind, e.attempt, e.message) for e in store.events(job.id)] == [
-            ("claimed", 1, "claimed by w for attempt 1"),
-            ("rescued", 1, "the lease of attempt 1 (worker w) expired; the job is now pending"),
-        ]
-
-
 def test_each_attempts_events_carry_its_number_when_written_with_the_next_claim(
     store: Store,
 ) -> None:

@@ -1266,6 +1266,7 @@ def _record_event(
     )
 
 
+_INSERT_EVENT = insert(events).values(at=dialects.db_now())
 _INSERT_EVENT_OF_CURRENT_ATTEMPT = insert(events).values(
     at=dialects.db_now(),
     attempt=func.coalesce(
@@ -1286,41 +1287,8 @@ class _NewEvent(NamedTuple):
 
 
 def _record_events(conn: Connection, entries: Sequence[_NewEvent]) -> None:
-    """The events in statements of up to `EVENTS_PER_INSERT` rows each, in their order.
-
-    Not an executemany: PyMySQL sends one of rows holding an expression (the database's
-    clock) a row at a time, a round trip for each of a slot's two events.
-    """
-    for start in range(0, len(entries), EVENTS_PER_INSERT):
-        part = entries[start : start + EVENTS_PER_INSERT]
-        conn.execute(
-            _insert_events(len(part)),
-            {
-                f"{name}_{index}": value
-                for index, entry in enumerate(part)
-                for name, value in zip(_NewEvent._fields, entry, strict=True)
-            },
-        )
-
-
-EVENTS_PER_INSERT = 8
-
-
-@functools.cache
-def _insert_events(count: int) -> Any:
-    """One INSERT of `count` events, their values named `<field>_<row>`."""
-    return insert(events).values(
-        [
-            {
-                **{
-                    name: bindparam(f"{name}_{index}", type_=events.c[name].type)
-                    for name in _NewEvent._fields
-                },
-                "at": dialects.db_now(),
-            }
-            for index in range(count)
-        ]
-    )
+    if entries:
+        conn.execute(_INSERT_EVENT, [entry._asdict() for entry in entries])
 
 
 def _job_from_row(row: Row[Any], diagnosis: Mapping[str, Any] | None = None) -> Job:
