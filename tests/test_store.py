@@ -219,6 +219,26 @@ def test_an_outcome_recorded_with_the_next_claim_changes_only_its_own_job(store:
     assert started.exit_code is None and started.progress_message is None
 
 
+def test_an_outcome_recorded_with_the_next_claim_claims_a_job_with_a_concurrency_key(
+    store: Store,
+) -> None:
+    """PostgreSQL's one statement leaves keyed jobs to the claim's own steps, after it."""
+    ending, keyed = store.enqueue(
+        [NewJob(command=["a"]), NewJob(command=["b"], concurrency_key="crm")]
+    )
+    (first,) = store.claim("w", None, 1, 30)
+    assert first.job.id == ending.id
+    done = Outcome(JobStatus.COMPLETED, exit_code=0, evidence={"pid": 1})
+    recorded, claimed = store.finish_and_claim(first.lease, done, ClaimRequest("w", None, 1, 30))
+    assert recorded and [item.job.id for item in claimed] == [keyed.id]
+    assert store.get(ending.id).status == JobStatus.COMPLETED
+    assert store.get(keyed.id).status == JobStatus.RUNNING
+    assert [(e.kind, e.message) for e in store.events(ending.id)] == [
+        ("claimed", "claimed by w for attempt 1"),
+        ("attempt", "the attempt ended"),
+    ]
+
+
 def test_a_job_retried_at_once_and_claimed_again_keeps_its_history_in_order(
     store: Store,
 ) -> None:

@@ -841,12 +841,7 @@ def _claim(conn: Connection, request: ClaimRequest, events: list[_NewEvent]) -> 
         return []
     token, worker_id = uuid.uuid4().hex, request.worker_id
     granted_at = time.monotonic()
-    values = {
-        "ids": chosen,
-        "new_token": token,
-        "seconds": request.lease_timeout,
-        "worker": worker_id,
-    }
+    values = {"ids": chosen, **_lease_parameters(request, token)}
     if conn.dialect.update_returning:  # SQLite, PostgreSQL: one statement, not two
         rows = conn.execute(_CLAIM_RETURNING, values).all()
     else:
@@ -869,6 +864,11 @@ def _claim(conn: Connection, request: ClaimRequest, events: list[_NewEvent]) -> 
     ]
 
 
+def _lease_parameters(request: ClaimRequest, token: str) -> dict[str, Any]:
+    """What `_claim_update` binds: the new lease and its holder."""
+    return {"new_token": token, "seconds": request.lease_timeout, "worker": request.worker_id}
+
+
 def _claim_by_steps(conn: Connection, request: ClaimRequest) -> list[ClaimedJob]:
     events: list[_NewEvent] = []
     claimed = _claim(conn, request, events)
@@ -887,9 +887,7 @@ def _claim_in_one_statement(
     values = {
         "candidates": request.limit,
         "queues": list(request.queues or ()),
-        "new_token": token,
-        "seconds": request.lease_timeout,
-        "worker": request.worker_id,
+        **_lease_parameters(request, token),
     }
     finish: tuple[tuple[str, ...], JobStatus, bool] | None = None
     if ending is not None:
@@ -915,7 +913,7 @@ def _finish(conn: Connection, lease: Lease, outcome: Outcome, events: list[_NewE
         return False
     if outcome.evidence is not None:
         events.append(
-            _NewEvent(lease.job_id, lease.attempt, "attempt", "the attempt ended", outcome.evidence)
+            _NewEvent(lease.job_id, lease.attempt, "attempt", ATTEMPT_ENDED, outcome.evidence)
         )
     return True
 
@@ -945,6 +943,8 @@ def _outcome_values(lease: Lease, outcome: Outcome) -> tuple[tuple[str, ...], di
     parameters = {_OUTCOME_PARAMETER + column: value for column, value in values.items()}
     return tuple(values), parameters | {"job_id": lease.job_id, "token": lease.token}
 
+
+ATTEMPT_ENDED = "the attempt ended"  # the message of an attempt's "attempt" event
 
 # Named apart from the columns: SQLAlchemy gives an UPDATE a SET for each parameter named as
 # one of its columns, and the claim's UPDATE shares its statement with the outcome's.
@@ -1101,7 +1101,7 @@ def _claim_in_one_statement_of(
                 literal("attempt"),
                 dialects.db_now(),
                 null(),
-                literal("the attempt ended"),
+                literal(ATTEMPT_ENDED),
                 bindparam("evidence", type_=events.c.data.type),
             )
             new_events = union_all(ended, new_events)  # type: ignore[assignment]
