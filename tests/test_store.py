@@ -142,6 +142,24 @@ def test_a_rescued_attempts_late_success_is_kept_until_the_job_is_claimed_again(
     assert store.get(reclaimed.id).status == JobStatus.RUNNING
 
 
+def test_a_rescue_of_more_jobs_than_one_insert_holds_records_each_ones_events(
+    store: Store,
+) -> None:
+    """A transaction's events go in INSERTs of up to EVENTS_PER_INSERT rows: every one of
+    many claimed, then rescued, jobs gets both of its events, in order."""
+    count = 2 * batchjob.store.EVENTS_PER_INSERT + 1
+    enqueued = store.enqueue([NewJob(command=["x", str(n)], max_attempts=2) for n in range(count)])
+    claimed = store.claim("w1", None, count, lease_timeout=0.2)
+    assert sorted(item.job.id for item in claimed) == sorted(job.id for job in enqueued)
+    time.sleep(0.5)
+    assert len(store.rescue_expired()) == count
+    for job in enqueued:
+        assert [(event.kind, event.attempt, event.message) for event in store.events(job.id)] == [
+            ("claimed", 1, "claimed by w1 for attempt 1"),
+            ("rescued", 1, "the lease of attempt 1 (worker w1) expired; the job is now pending"),
+        ]
+
+
 def test_lease_expiry_rescues_while_attempts_remain_then_fails(store: Store) -> None:
     (job,) = store.enqueue([NewJob(command=["x"], max_attempts=2)])
     store.claim("w1", None, 1, lease_timeout=1.0)
@@ -555,8 +573,9 @@ def test_a_dropped_connection_is_retried(store: Store, database_url: str) -> Non
     drop_the_stores_connections()
     (second,) = store.enqueue([NewJob(command=["y"])])
     drop_the_stores_connections()
-    engine.dispose()
     assert store.get(job.id).id == job.id
+    drop_the_stores_connections()  # a claim's statements go to the driver directly
+    engine.dispose()
     assert [claimed.job.id for claimed in store.claim("w", None, 2, 30)] == [job.id, second.id]
     assert [found.id for found in store.list_jobs()] == [second.id, job.id], "stored once"
 

@@ -68,6 +68,8 @@ CLAIM_CANDIDATE_FACTOR = 2
 # PostgreSQL's bulk insert sends a column's values as one array: this many rows at most, so
 # that a million-job enqueue is not one statement of hundreds of megabytes.
 ROWS_PER_ARRAY_INSERT = 10_000
+# A transaction's events go in one INSERT of up to this many rows (a rescue's, in several).
+EVENTS_PER_INSERT = 16
 # Deadlock / serialization / lock-wait codes: the transaction can simply run again.
 _RETRYABLE_CODES = {"1205", "1213", "40001", "40P01"}
 
@@ -799,8 +801,9 @@ def _is_passing(exc: DBAPIError) -> bool:
     return str(code) in _RETRYABLE_CODES
 
 
-def _due_jobs_query(with_queues: bool, lock_rows: bool) -> Any:
-    """Due pending jobs in claim order, skipping rows other claimers hold and full keys.
+def _due_jobs_query(queue_count: int, lock_rows: bool) -> Any:
+    """Due pending jobs in claim order, skipping rows other claimers hold and full keys; of
+    `queue_count` queues (`_queue_parameters`), or of any when 0.
 
     Built once per shape, with parameters: building a statement costs more than running it.
     """
@@ -824,8 +827,10 @@ def _due_jobs_query(with_queues: bool, lock_rows: bool) -> Any:
         .order_by(jobs.c.priority.desc(), jobs.c.run_at, jobs.c.id)
         .limit(bindparam("candidates", type_=Integer))
     )
-    if with_queues:
-        query = query.where(jobs.c.queue.in_(bindparam("queues", expanding=True)))
+    if queue_count:
+        query = query.where(
+            jobs.c.queue.in_([bindparam(f"queue_{index}") for index in range(queue_count)])
+        )
     if lock_rows:
         query = query.with_for_update(skip_locked=True, of=jobs)
     return query
@@ -833,21 +838,27 @@ def _due_jobs_query(with_queues: bool, lock_rows: bool) -> Any:
 
 def _claim(conn: Connection, request: ClaimRequest, events: list[_NewEvent]) -> list[ClaimedJob]:
     """Claim due jobs; their "claimed" events go to `events`, for the caller to write."""
-    queues = request.queues
-    wanted = {"candidates": request.limit * CLAIM_CANDIDATE_FACTOR, "queues": list(queues or ())}
-    due = _DUE_JOBS[bool(queues), dialects.supports_skip_locked(conn)]
-    chosen = _admit_within_concurrency(conn, conn.execute(due, wanted).all(), request.limit)
+    wanted = {
+        "candidates": request.limit * CLAIM_CANDIDATE_FACTOR,
+        **_queue_parameters(request.queues),
+    }
+    due = _due_jobs_by_driver(
+        conn.dialect, len(request.queues or ()), dialects.supports_skip_locked(conn)
+    )
+    candidates = [_Candidate(**row) for row in due.rows(conn, wanted)]
+    chosen = _admit_within_concurrency(conn, candidates, request.limit)
     if not chosen:
         return []
     token, worker_id = uuid.uuid4().hex, request.worker_id
     granted_at = time.monotonic()
-    values = {"ids": chosen, **_lease_parameters(request, token)}
-    if conn.dialect.update_returning:  # SQLite, PostgreSQL: one statement, not two
-        rows = conn.execute(_CLAIM_RETURNING, values).all()
+    values = {**_id_parameters(chosen), **_lease_parameters(request, token)}
+    claim, claimed_rows = _claim_by_driver(conn.dialect, len(chosen))
+    if claimed_rows is None:  # SQLite, PostgreSQL: RETURNING, one statement, not two
+        rows = claim.rows(conn, values)
     else:
-        conn.execute(_CLAIM, values)
-        rows = conn.execute(_CLAIMED, {"ids": chosen, "token": token}).all()
-    claimed = {row.id: _job_from_row(row) for row in rows}
+        claim.execute(conn, values)
+        rows = claimed_rows.rows(conn, {**_id_parameters(chosen), "token": token})
+    claimed = {row["id"]: _job_from_columns(row) for row in rows}
     events.extend(
         _NewEvent(
             job.id,
@@ -862,6 +873,24 @@ def _claim(conn: Connection, request: ClaimRequest, events: list[_NewEvent]) -> 
         ClaimedJob(claimed[job_id], Lease(job_id, token, claimed[job_id].attempt), granted_at)
         for job_id in chosen
     ]
+
+
+class _Candidate(NamedTuple):
+    """A due job the claim may take, if its concurrency_key has a free slot."""
+
+    id: int
+    concurrency_key: str | None
+    max_concurrency: int | None
+
+
+def _queue_parameters(queues: Sequence[str] | None) -> dict[str, str]:
+    """What `_due_jobs_query` binds: each queue as a parameter of its own."""
+    return {f"queue_{index}": queue for index, queue in enumerate(queues or ())}
+
+
+def _id_parameters(ids: Sequence[int]) -> dict[str, int]:
+    """What `_claim_by_driver`'s statements bind: each job id as a parameter of its own."""
+    return {f"id_{index}": job_id for index, job_id in enumerate(ids)}
 
 
 def _lease_parameters(request: ClaimRequest, token: str) -> dict[str, Any]:
@@ -886,7 +915,7 @@ def _claim_in_one_statement(
     token, granted_at = uuid.uuid4().hex, time.monotonic()
     values = {
         "candidates": request.limit,
-        "queues": list(request.queues or ()),
+        **_queue_parameters(request.queues),
         **_lease_parameters(request, token),
     }
     finish: tuple[tuple[str, ...], JobStatus, bool] | None = None
@@ -895,7 +924,7 @@ def _claim_in_one_statement(
         columns, finish_values = _outcome_values(lease, outcome)
         values.update(finish_values, ended_attempt=lease.attempt, evidence=outcome.evidence)
         finish = (columns, outcome.status, outcome.evidence is not None)
-    statement = _claim_in_one_statement_of(bool(request.queues), finish)
+    statement = _claim_in_one_statement_of(len(request.queues or ()), finish)
     rows = conn.execute(statement, values).all()
     recorded = ending is None or bool(rows[0].recorded)
     if rows[0].keyed:
@@ -909,7 +938,8 @@ def _claim_in_one_statement(
 def _finish(conn: Connection, lease: Lease, outcome: Outcome, events: list[_NewEvent]) -> bool:
     """Record the outcome if the lease still holds; its "attempt" event goes to `events`."""
     columns, values = _outcome_values(lease, outcome)
-    if conn.execute(_finish_statement(columns, outcome.status), values).rowcount != 1:
+    statement = _finish_by_driver(conn.dialect, columns, outcome.status)
+    if statement.execute(conn, values) != 1:
         return False
     if outcome.evidence is not None:
         events.append(
@@ -952,7 +982,7 @@ _OUTCOME_PARAMETER = "outcome_"
 
 
 def _admit_within_concurrency(
-    conn: Connection, candidates: Sequence[Row[Any]], limit: int
+    conn: Connection, candidates: Sequence[_Candidate], limit: int
 ) -> list[int]:
     """The candidates that fit their concurrency_key's free slots, in claim order.
 
@@ -1003,11 +1033,9 @@ def _cleared_result_values() -> dict[str, Any]:
     return dict.fromkeys(("exit_code", "signal", "failure_reason", "error_summary", "hint"), null())
 
 
-_DUE_JOBS = {
-    (with_queues, lock_rows): _due_jobs_query(with_queues, lock_rows)
-    for with_queues in (False, True)
-    for lock_rows in (False, True)
-}
+@functools.cache
+def _due_jobs_by_driver(dialect: Dialect, queue_count: int, lock_rows: bool) -> DriverStatement:
+    return DriverStatement.compile(_due_jobs_query(queue_count, lock_rows), dialect)
 
 
 def _claim_update(target: Any, chosen: Callable[[Any], ColumnElement[bool]]) -> Any:
@@ -1033,16 +1061,23 @@ def _claim_update(target: Any, chosen: Callable[[Any], ColumnElement[bool]]) -> 
     )
 
 
-_CLAIM = _claim_update(jobs, lambda target: target.c.id.in_(bindparam("ids", expanding=True)))
-_CLAIM_RETURNING = _CLAIM.returning(*jobs.c)
-_CLAIMED = select(jobs).where(
-    jobs.c.id.in_(bindparam("ids", expanding=True)), jobs.c.lease_token == bindparam("token")
-)
+@functools.cache
+def _claim_by_driver(
+    dialect: Dialect, count: int
+) -> tuple[DriverStatement, DriverStatement | None]:
+    """The UPDATE that claims `count` chosen jobs (`_id_parameters`), returning their rows;
+    where UPDATE cannot return rows (MariaDB), the SELECT that reads them after it."""
+    ids: list[Any] = [bindparam(f"id_{index}") for index in range(count)]
+    claim = _claim_update(jobs, lambda target: target.c.id.in_(ids))
+    if dialect.update_returning:
+        return DriverStatement.compile(claim.returning(*jobs.c), dialect), None
+    claimed = select(jobs).where(jobs.c.id.in_(ids), jobs.c.lease_token == bindparam("token"))
+    return DriverStatement.compile(claim, dialect), DriverStatement.compile(claimed, dialect)
 
 
 @functools.cache
 def _claim_in_one_statement_of(
-    with_queues: bool, finish: tuple[tuple[str, ...], JobStatus, bool] | None
+    queue_count: int, finish: tuple[tuple[str, ...], JobStatus, bool] | None
 ) -> Any:
     """PostgreSQL: lock the next due jobs, start their attempts and write their "claimed"
     events, in one statement, only if none of them has a concurrency_key; with `finish`
@@ -1056,7 +1091,7 @@ def _claim_in_one_statement_of(
     statement's snapshot, where the attempt it ends is still running: a job is never ended
     and claimed again in one statement, so each job's events stay in their order.
     """
-    due = _due_jobs_query(with_queues, lock_rows=True).cte("due")
+    due = _due_jobs_query(queue_count, lock_rows=True).cte("due")
     keyed = (
         select(func.count().label("keyed"))
         .select_from(due)
@@ -1116,9 +1151,9 @@ def _claim_in_one_statement_of(
     )
 
 
-@functools.cache
 def _finish_statement(columns: tuple[str, ...], status: JobStatus) -> Any:
-    """The UPDATE that records an outcome setting `columns`; built once per shape.
+    """The UPDATE that records an outcome setting `columns` (its users cache what they build
+    of it, once per shape).
 
     A retry's `retry_delay` sets run_at. A success is taken also after a rescue, until the
     job is claimed again: it ran to success once, and running it again would only repeat its
@@ -1141,10 +1176,17 @@ def _finish_statement(columns: tuple[str, ...], status: JobStatus) -> Any:
         .where(
             jobs.c.id == bindparam("job_id"),
             jobs.c.lease_token == bindparam("token"),
-            jobs.c.status.in_(alive),
+            or_(*(jobs.c.status == state for state in alive)),  # not IN: no expanding list
         )
         .values(values)
     )
+
+
+@functools.cache
+def _finish_by_driver(
+    dialect: Dialect, columns: tuple[str, ...], status: JobStatus
+) -> DriverStatement:
+    return DriverStatement.compile(_finish_statement(columns, status), dialect)
 
 
 def _insert_parameters(new_job: NewJob) -> dict[str, Any]:
@@ -1266,7 +1308,6 @@ def _record_event(
     )
 
 
-_INSERT_EVENT = insert(events).values(at=dialects.db_now())
 _INSERT_EVENT_OF_CURRENT_ATTEMPT = insert(events).values(
     at=dialects.db_now(),
     attempt=func.coalesce(
@@ -1287,14 +1328,41 @@ class _NewEvent(NamedTuple):
 
 
 def _record_events(conn: Connection, entries: Sequence[_NewEvent]) -> None:
-    if entries:
-        conn.execute(_INSERT_EVENT, [entry._asdict() for entry in entries])
+    """One INSERT of many rows, not an executemany: PyMySQL sends that a statement a row."""
+    for start in range(0, len(entries), EVENTS_PER_INSERT):
+        part = entries[start : start + EVENTS_PER_INSERT]
+        values = {
+            f"{field}_{index}": value
+            for index, entry in enumerate(part)
+            for field, value in zip(_NewEvent._fields, entry, strict=True)
+        }
+        _insert_events_by_driver(conn.dialect, len(part)).execute(conn, values)
+
+
+@functools.cache
+def _insert_events_by_driver(dialect: Dialect, count: int) -> DriverStatement:
+    rows = [
+        {
+            "at": dialects.db_now(),
+            **{
+                field: bindparam(f"{field}_{index}", type_=events.c[field].type)
+                for field in _NewEvent._fields
+            },
+        }
+        for index in range(count)
+    ]
+    return DriverStatement.compile(insert(events).values(rows), dialect)
 
 
 def _job_from_row(row: Row[Any], diagnosis: Mapping[str, Any] | None = None) -> Job:
-    """A Job from its row: the columns of the same names, with their Python types."""
-    mapping = row._mapping  # a new RowMapping at each access of the property
-    values = {name: mapping[name] for name in _JOB_COLUMNS}
+    return _job_from_columns(row._mapping, diagnosis)
+
+
+def _job_from_columns(
+    columns: Mapping[Any, Any], diagnosis: Mapping[str, Any] | None = None
+) -> Job:
+    """A Job from its row's columns: those of the same names, with their Python types."""
+    values = {name: columns[name] for name in _JOB_COLUMNS}
     values.update(
         command=list(values["command"]),
         status=JobStatus(values["status"]),

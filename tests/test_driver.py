@@ -1,0 +1,56 @@
+"""Statements sent to the driver directly fail as SQLAlchemy's would: the store's retries and
+refusals (`Store._attempt`) tell passing failures from bad data by SQLAlchemy's errors."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy import create_engine, insert, select, text
+from sqlalchemy.exc import DBAPIError, IntegrityError
+
+from batchjob.store import Store
+from batchjob.store.driver import DriverStatement
+from batchjob.store.schema import events
+
+EVENT = {"job_id": 1, "attempt": 1, "kind": "note", "message": "第六竹石"}
+
+
+def test_a_refused_row_raises_sqlalchemys_error_and_leaves_the_transaction_usable(
+    store: Store, database_url: str
+) -> None:
+    engine = create_engine(database_url)
+    statement = DriverStatement.compile(
+        insert(events).values(at=text("CURRENT_TIMESTAMP")), engine.dialect, list(EVENT)
+    )
+    read = DriverStatement.compile(select(events.c.message, events.c.job_id), engine.dialect)
+    with engine.connect() as conn:
+        conn.begin()  # as the store does: the driver runs in the connection's transaction
+        assert statement.execute(conn, EVENT) == 1
+        with pytest.raises(IntegrityError):
+            statement.execute(conn, EVENT | {"kind": None})  # NOT NULL
+        conn.rollback()
+        conn.begin()
+        statement.execute(conn, EVENT)
+        conn.commit()
+        assert read.rows(conn, {}) == [{"message": "第六竹石", "job_id": 1}]
+    engine.dispose()
+
+
+def test_a_lost_connection_is_invalidated_so_the_pool_does_not_hand_it_out_again(
+    store: Store, database_url: str
+) -> None:
+    engine = create_engine(database_url)
+    if engine.dialect.name == "sqlite":
+        pytest.skip("SQLite has no server connection to lose")
+    own_id, kill = {
+        "mysql": ("SELECT CONNECTION_ID()", "KILL {}"),
+        "postgresql": ("SELECT pg_backend_pid()", "SELECT pg_terminate_backend({})"),
+    }[engine.dialect.name]
+    read = DriverStatement.compile(select(events.c.id), engine.dialect)
+    with engine.connect() as conn, engine.connect() as killer:
+        victim = conn.execute(text(own_id)).scalar_one()
+        killer.execute(text(kill.format(int(victim))))
+        with pytest.raises(DBAPIError) as raised:
+            read.rows(conn, {})
+        assert raised.value.connection_invalidated
+        assert conn.invalidated
+    engine.dispose()
