@@ -924,14 +924,14 @@ def _claim_in_one_statement(
         columns, finish_values = _outcome_values(lease, outcome)
         values.update(finish_values, ended_attempt=lease.attempt, evidence=outcome.evidence)
         finish = (columns, outcome.status, outcome.evidence is not None)
-    statement = _claim_in_one_statement_of(len(request.queues or ()), finish)
-    rows = conn.execute(statement, values).all()
-    recorded = ending is None or bool(rows[0].recorded)
-    if rows[0].keyed:
+    statement = _claim_in_one_statement_of(conn.dialect, len(request.queues or ()), finish)
+    rows = statement.rows(conn, values)
+    recorded = ending is None or bool(rows[0]["recorded"])
+    if rows[0]["keyed"]:
         return recorded, None
     return recorded, [
         ClaimedJob(job, Lease(job.id, token, job.attempt), granted_at)
-        for job in (_job_from_row(row) for row in rows if row.id is not None)
+        for job in (_job_from_columns(row) for row in rows if row["id"] is not None)
     ]
 
 
@@ -1077,8 +1077,8 @@ def _claim_by_driver(
 
 @functools.cache
 def _claim_in_one_statement_of(
-    queue_count: int, finish: tuple[tuple[str, ...], JobStatus, bool] | None
-) -> Any:
+    dialect: Dialect, queue_count: int, finish: tuple[tuple[str, ...], JobStatus, bool] | None
+) -> DriverStatement:
     """PostgreSQL: lock the next due jobs, start their attempts and write their "claimed"
     events, in one statement, only if none of them has a concurrency_key; with `finish`
     (columns, status, with evidence), record an ended attempt's outcome (and its "attempt"
@@ -1143,12 +1143,13 @@ def _claim_in_one_statement_of(
     logged = insert(events).from_select(
         ["job_id", "attempt", "kind", "at", "worker_id", "message", "data"], new_events
     )
-    return (
+    statement = (
         select(*outcome, keyed.c.keyed, *claimed.c)
         .select_from(keyed.outerjoin(claimed, true()))
         .order_by(claimed.c.priority.desc(), claimed.c.run_at, claimed.c.id)
         .add_cte(logged.cte("logged"))
     )
+    return DriverStatement.compile(statement, dialect)
 
 
 def _finish_statement(columns: tuple[str, ...], status: JobStatus) -> Any:
