@@ -35,7 +35,6 @@ from sqlalchemy.sql.compiler import DDLCompiler, SQLCompiler
 from sqlalchemy.sql.expression import TableValuedAlias
 from sqlalchemy.types import TypeEngine
 
-from batchjob.store.driver import execute_sql
 from batchjob.store.schema import Moment
 
 CONNECT_TIMEOUT_SECONDS = 5
@@ -162,11 +161,11 @@ def prepare_engine(engine: Engine) -> None:
         # A write transaction takes the lock up front, so a claim never fails half-way with
         # SQLITE_BUSY on upgrade; plain reads stay deferred and never wait on writers (WAL).
         if connection.get_execution_options().get(READ_ONLY_OPTION):
-            execute_sql(connection, "BEGIN DEFERRED")
+            connection.exec_driver_sql("BEGIN DEFERRED")
             return
         if gate is not None:
             gate.enter(connection.info)
-        execute_sql(connection, "BEGIN IMMEDIATE")
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
     if gate is not None:
         for ending in ("commit", "rollback"):

@@ -137,13 +137,6 @@ class DriverStatement:
         return dict(zip(self.names, ordered, strict=True))
 
 
-def execute_sql(connection: Connection, sql: str) -> None:
-    """Run `sql`, a statement without parameters or rows (SQLite's BEGIN IMMEDIATE), on
-    the connection's driver cursor: a tenth of its time through `exec_driver_sql`."""
-    with _cursor(connection, sql, ()) as cursor:
-        cursor.execute(sql)
-
-
 @contextlib.contextmanager
 def _cursor(connection: Connection, sql: str, parameters: Any) -> Iterator[DBAPICursor]:
     """A driver cursor on the connection, in its transaction; a driver error raised in it
