@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -224,6 +224,15 @@ def workers(database_url: str, tmp_path: Path) -> Iterator[Workers]:
     pool = Workers(database_url, tmp_path)
     yield pool
     pool.stop_all()
+
+
+def kill_connections(engine: Engine, ids: Iterable[int]) -> None:
+    """End these server connections (MariaDB thread ids, PostgreSQL backend pids) from another
+    one, as a server restart or a dropped network would."""
+    kill = {"mysql": "KILL {}", "postgresql": "SELECT pg_terminate_backend({})"}
+    with engine.connect() as conn:
+        for connection_id in ids:
+            conn.execute(text(kill[engine.dialect.name].format(int(connection_id))))
 
 
 def wait_until(condition, timeout: float = 30, interval: float = 0.1):  # type: ignore[no-untyped-def]

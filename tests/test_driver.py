@@ -10,6 +10,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from batchjob.store import Store
 from batchjob.store.driver import DriverStatement
 from batchjob.store.schema import events
+from conftest import kill_connections
 
 EVENT = {"job_id": 1, "attempt": 1, "kind": "note", "message": "第六竹石"}
 
@@ -41,14 +42,10 @@ def test_a_lost_connection_is_invalidated_so_the_pool_does_not_hand_it_out_again
     engine = create_engine(database_url)
     if engine.dialect.name == "sqlite":
         pytest.skip("SQLite has no server connection to lose")
-    own_id, kill = {
-        "mysql": ("SELECT CONNECTION_ID()", "KILL {}"),
-        "postgresql": ("SELECT pg_backend_pid()", "SELECT pg_terminate_backend({})"),
-    }[engine.dialect.name]
+    own_id = {"mysql": "SELECT CONNECTION_ID()", "postgresql": "SELECT pg_backend_pid()"}
     read = DriverStatement.compile(select(events.c.id), engine.dialect)
-    with engine.connect() as conn, engine.connect() as killer:
-        victim = conn.execute(text(own_id)).scalar_one()
-        killer.execute(text(kill.format(int(victim))))
+    with engine.connect() as conn:
+        kill_connections(engine, [conn.execute(text(own_id[engine.dialect.name])).scalar_one()])
         with pytest.raises(DBAPIError) as raised:
             read.rows(conn, {})
         assert raised.value.connection_invalidated

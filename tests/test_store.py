@@ -20,6 +20,7 @@ from batchjob.errors import DuplicateJob, InvalidTransition, JobNotFound
 from batchjob.model import FailureReason, Job, JobStatus, NewJob
 from batchjob.queue import Queue
 from batchjob.store import ClaimRequest, Outcome, Store, migrations
+from conftest import kill_connections
 
 JAPANESE = "第六竹石"
 
@@ -550,25 +551,18 @@ def test_a_dropped_connection_is_retried(store: Store, database_url: str) -> Non
     engine = create_engine(database_url)
     if engine.dialect.name == "sqlite":
         pytest.skip("SQLite has no server connection to drop")
-    kill_others = {
-        "mysql": (
-            "SELECT id FROM information_schema.processlist "
-            "WHERE db = DATABASE() AND id <> CONNECTION_ID()",
-            "KILL {}",
-        ),
-        "postgresql": (
-            "SELECT pid FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()",
-            "SELECT pg_terminate_backend({})",
-        ),
+    others = {
+        "mysql": "SELECT id FROM information_schema.processlist "
+        "WHERE db = DATABASE() AND id <> CONNECTION_ID()",
+        "postgresql": "SELECT pid FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
     }[engine.dialect.name]
 
     def drop_the_stores_connections() -> None:
         with engine.connect() as conn:
-            victims = conn.execute(text(kill_others[0])).scalars().all()
-            assert victims, "the store keeps a pooled connection open"
-            for victim in victims:
-                conn.execute(text(kill_others[1].format(int(victim))))
+            victims = conn.execute(text(others)).scalars().all()
+        assert victims, "the store keeps a pooled connection open"
+        kill_connections(engine, victims)
 
     drop_the_stores_connections()
     (second,) = store.enqueue([NewJob(command=["y"])])
