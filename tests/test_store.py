@@ -568,7 +568,7 @@ def test_a_dropped_connection_is_retried(store: Store, database_url: str) -> Non
     (second,) = store.enqueue([NewJob(command=["y"])])
     drop_the_stores_connections()
     assert store.get(job.id).id == job.id
-    drop_the_stores_connections()  # a claim's statements go to the driver directly
+    drop_the_stores_connections()  # then a claim's (its driver's errors: test_driver.py)
     engine.dispose()
     assert [claimed.job.id for claimed in store.claim("w", None, 2, 30)] == [job.id, second.id]
     assert [found.id for found in store.list_jobs()] == [second.id, job.id], "stored once"

@@ -851,13 +851,14 @@ def _claim(conn: Connection, request: ClaimRequest, events: list[_NewEvent]) -> 
         return []
     token, worker_id = uuid.uuid4().hex, request.worker_id
     granted_at = time.monotonic()
-    values = {**_id_parameters(chosen), **_lease_parameters(request, token)}
+    ids = _id_parameters(chosen)
+    values = ids | _lease_parameters(request, token)
     claim, claimed_rows = _claim_by_driver(conn.dialect, len(chosen))
     if claimed_rows is None:  # SQLite, PostgreSQL: RETURNING, one statement, not two
         rows = claim.rows(conn, values)
     else:
         claim.execute(conn, values)
-        rows = claimed_rows.rows(conn, {**_id_parameters(chosen), "token": token})
+        rows = claimed_rows.rows(conn, ids | {"token": token})
     claimed = {row["id"]: _job_from_columns(row) for row in rows}
     events.extend(
         _NewEvent(
@@ -1152,9 +1153,9 @@ def _claim_in_one_statement_of(
     return DriverStatement.compile(statement, dialect)
 
 
+@functools.cache
 def _finish_statement(columns: tuple[str, ...], status: JobStatus) -> Any:
-    """The UPDATE that records an outcome setting `columns` (its users cache what they build
-    of it, once per shape).
+    """The UPDATE that records an outcome setting `columns`; built once per shape.
 
     A retry's `retry_delay` sets run_at. A success is taken also after a rescue, until the
     job is claimed again: it ran to success once, and running it again would only repeat its
