@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
@@ -26,10 +27,13 @@ from batchjob.queue import Queue
 from batchjob.store import Store
 
 SERVERS = {
-    "mariadb": "mysql+pymysql://root@127.0.0.1:3306/test?charset=utf8mb4",
+    "mariadb": "mysql+mysqldb://root@127.0.0.1:3306/test?charset=utf8mb4",
     "postgresql": "postgresql+psycopg://postgres@127.0.0.1:5432/test",
 }
 DATABASES = ("sqlite", *SERVERS)
+# The same server through another driver (name -> its server and driver): the store's tests
+# run on it too, as batchjob uses PyMySQL where mysqlclient is not installed.
+OTHER_DRIVERS = {"mariadb-pymysql": ("mariadb", "mysql+pymysql")}
 TABLES = (
     "batch_job_events",
     "batch_job_queue",
@@ -70,6 +74,12 @@ def server_databases(worker_id: str, testrun_uid: str) -> Iterator[dict[str, str
         store = Store(urls[server])
         store.upgrade_schema()
         store.close()
+    for variant, (server, driver) in OTHER_DRIVERS.items():
+        urls[variant] = (
+            urls[server]
+            if urls[server].startswith("unreachable:")
+            else make_url(urls[server]).set(drivername=driver).render_as_string(False)
+        )
     yield urls
     for admin, database in created.values():
         with admin.connect() as conn:
@@ -96,12 +106,24 @@ def _empty(url: str) -> None:
     engine.dispose()
 
 
-@pytest.fixture(params=DATABASES)
-def database_url(
-    request: pytest.FixtureRequest, tmp_path: Path, server_databases: dict[str, str]
-) -> str:
-    """The URL of an initialised, empty batchjob database, once per database kind."""
-    kind = request.param
+def database_url_fixture(kinds: Iterable[str]) -> Any:
+    """The `database_url` fixture over these kinds; a module assigns its own to run on more."""
+
+    @pytest.fixture(params=list(kinds), name="database_url")
+    def database_url(
+        request: pytest.FixtureRequest, tmp_path: Path, server_databases: dict[str, str]
+    ) -> str:
+        """The URL of an initialised, empty batchjob database, once per database kind."""
+        return prepared_database(request.param, tmp_path, server_databases)
+
+    return database_url
+
+
+database_url = database_url_fixture(DATABASES)
+
+
+def prepared_database(kind: str, tmp_path: Path, server_databases: dict[str, str]) -> str:
+    """An initialised, empty database of this kind (DATABASES or OTHER_DRIVERS): its URL."""
     if kind == "sqlite":
         url = f"sqlite:///{tmp_path / 'batchjob.db'}"
         store = Store(url)

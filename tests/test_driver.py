@@ -10,7 +10,9 @@ from sqlalchemy.exc import DBAPIError, IntegrityError
 from batchjob.store import Store
 from batchjob.store.driver import DriverStatement
 from batchjob.store.schema import events
-from conftest import kill_connections
+from conftest import DATABASES, OTHER_DRIVERS, database_url_fixture, kill_connections
+
+database_url = database_url_fixture((*DATABASES, *OTHER_DRIVERS))  # MariaDB through PyMySQL too
 
 EVENT = {"job_id": 1, "attempt": 1, "kind": "note", "message": "第六竹石"}
 

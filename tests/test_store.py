@@ -13,14 +13,22 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, make_url, text
 
 import batchjob.store
 from batchjob.errors import DuplicateJob, InvalidTransition, JobNotFound
 from batchjob.model import FailureReason, Job, JobStatus, NewJob
 from batchjob.queue import Queue
 from batchjob.store import ClaimRequest, Outcome, Store, migrations
-from conftest import kill_connections
+from conftest import (
+    DATABASES,
+    OTHER_DRIVERS,
+    database_url_fixture,
+    kill_connections,
+    prepared_database,
+)
+
+database_url = database_url_fixture((*DATABASES, *OTHER_DRIVERS))  # MariaDB through PyMySQL too
 
 JAPANESE = "第六竹石"
 
@@ -595,6 +603,31 @@ print(" ".join(sorted(m for m in sys.modules if m.startswith("sqlalchemy.dialect
     ).stdout.split()
     assert "sqlalchemy.dialects.sqlite" in loaded
     assert [m for m in loaded if ".postgresql" in m or ".mysql" in m] == []
+
+
+@pytest.mark.parametrize(
+    ("mysqlclient", "driver"), [(True, "MySQLdb"), (False, "pymysql")], ids=["mysqlclient", "none"]
+)
+def test_a_mysql_url_naming_no_driver_takes_mysqlclient_where_installed_else_pymysql(
+    server_databases: dict[str, str], tmp_path: Path, mysqlclient: bool, driver: str
+) -> None:
+    mariadb = prepared_database("mariadb", tmp_path, server_databases)
+    url = make_url(mariadb).set(drivername="mysql").render_as_string(False)
+    script = f"""
+import sys
+if not {mysqlclient}:
+    sys.modules["MySQLdb"] = None  # as where mysqlclient is not installed
+from batchjob.model import NewJob
+from batchjob.store import Store
+store = Store({url!r})
+(job,) = store.enqueue([NewJob(command=["x"], tags=["第六竹石"])])
+print(store.get(job.id).tags[0], " ".join(m for m in ("MySQLdb", "pymysql") if sys.modules.get(m)))
+store.close()
+"""
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    assert done.stdout.split() == ["第六竹石", driver]
 
 
 def test_init_is_idempotent_and_safe_to_run_concurrently(tmp_path: Path) -> None:

@@ -207,7 +207,7 @@ class MariadbServer(_Server):
 
     def url(self, host: str, database: str = DATABASE) -> str:
         user = "root" if database == self._admin_database else "chaos"
-        return f"mysql+pymysql://{user}@{host}:{self.port}/{database}"
+        return f"mysql://{user}@{host}:{self.port}/{database}"  # mysqlclient, as batchjob picks
 
     def _initialise(self) -> None:
         subprocess.run(

@@ -25,7 +25,7 @@ from batchjob.store.schema import events, jobs
 
 BATCHJOB = str(Path(sys.executable).with_name("batchjob"))
 PRINT_START = ["/bin/date", "+%s.%N"]
-MARIADB_ADMIN = os.environ.get("BENCH_MARIADB_ADMIN_URL", "mysql+pymysql://root@127.0.0.1:3306/")
+MARIADB_ADMIN = os.environ.get("BENCH_MARIADB_ADMIN_URL", "mysql://root@127.0.0.1:3306/")
 MARIADB_DATABASE = "bench_peers"
 
 

@@ -22,7 +22,7 @@ rm -f "$stamp"
 "$venv/bin/python" -m pip install --quiet --upgrade pip
 "$venv/bin/python" -m pip install --quiet -r "$here/requirements.txt"
 # batchjob itself, measured beside the peers in the same run (editable: this checkout's code).
-"$venv/bin/python" -m pip install --quiet -e "$here/../..[mysql,postgresql]"
+"$venv/bin/python" -m pip install --quiet -e "$here/../..[mysql,mysqlclient,postgresql]"
 "$venv/bin/python" -m pip check
 echo "$want" >"$stamp"
 "$venv/bin/python" -m pip freeze --quiet | grep -iE \

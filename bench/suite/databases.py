@@ -18,7 +18,7 @@ from sqlalchemy import create_engine, text
 
 BATCHJOB = str(Path(sys.executable).with_name("batchjob"))
 SERVERS = {
-    "mariadb": os.environ.get("BENCH_MARIADB_URL", "mysql+pymysql://root@127.0.0.1:3306/"),
+    "mariadb": os.environ.get("BENCH_MARIADB_URL", "mysql://root@127.0.0.1:3306/"),
     "postgresql": os.environ.get(
         "BENCH_POSTGRESQL_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
     ),
