@@ -659,6 +659,34 @@ def test_cli_flags_with_bytes_that_are_not_utf8_exit_0_or_2_with_one_line(
     enqueue_through_cli(tmp_path, database_url, queue, option, value)
 
 
+# --- database URLs that cannot be used -----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("not a url", "is not a database URL"),
+        (
+            "oracle://u:hunter2@h/d",
+            "batchjob runs on SQLite, MySQL/MariaDB and PostgreSQL, not oracle",
+        ),
+        ("postgresql+psycopg2://u:hunter2@h/d", "cannot load its driver postgresql+psycopg2"),
+        ("mysql+nosuch://u:hunter2@h/d", "cannot load its driver mysql+nosuch"),
+    ],
+)
+@pytest.mark.parametrize("command", [("list",), ("worker", "--burst"), ("doctor",)])
+def test_a_database_url_batchjob_cannot_use_is_one_line_exit_2_with_its_password_masked(
+    tmp_path: Path, url: str, says: str, command: tuple[str, ...]
+) -> None:
+    result = run_batchjob(tmp_path, url, *command)
+
+    assert result.returncode == 2, result.stderr[-2000:]
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("batchjob: error: database_url"), lines
+    assert says in lines[0]
+    assert "hunter2" not in lines[0]
+
+
 # --- commands that cannot start ------------------------------------------------------------------
 
 

@@ -569,7 +569,7 @@ def test_a_claim_that_waited_for_the_write_lock_still_starts_its_job(
     assert "lease ran out" not in Path(finished.log_path or "").read_text(encoding="utf-8")
 
 
-def test_the_worker_registers_and_records_each_attempts_evidence(
+def test_the_worker_registers_names_its_driver_and_records_each_attempts_evidence(
     workers: Workers, queue: Queue, database_url: str
 ) -> None:
     job = queue.enqueue(
@@ -577,6 +577,7 @@ def test_the_worker_registers_and_records_each_attempts_evidence(
         env={"API_TOKEN": "s3cr3t", "SYNC_URL": "https://sync:hunter2@crm.example/api"},
     )
     assert workers.run_burst() == 0
+    assert f" driver={make_url(database_url).drivername} " in workers.worker_log()
     stored = queue.get(job.id)
     assert stored.status == JobStatus.COMPLETED
     assert (stored.peak_rss_bytes or 0) > 60 << 20

@@ -40,7 +40,13 @@ from sqlalchemy import (
     update,
 )
 from sqlalchemy.engine import URL
-from sqlalchemy.exc import DataError, DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import (
+    DataError,
+    DBAPIError,
+    IntegrityError,
+    NoSuchModuleError,
+    OperationalError,
+)
 from sqlalchemy.sql.expression import ColumnElement
 from sqlalchemy.types import TypeEngine
 
@@ -148,7 +154,10 @@ class Store:
         self.url: URL = dialects.normalise_url(url)
         self.display_url = mask_url_passwords(url)
         options = dialects.engine_options(self.url)
-        self._engine = create_engine(self.url, json_serializer=_json_dumps, **options)
+        try:
+            self._engine = create_engine(self.url, json_serializer=_json_dumps, **options)
+        except (ImportError, NoSuchModuleError) as exc:
+            raise dialects.missing_driver(self.url, self.display_url, exc) from None
         dialects.prepare_engine(self._engine)
         self._recycle_checked = False
         self._claims_in_one_statement = dialects.modifies_in_one_statement(self._engine.dialect)

@@ -29,6 +29,7 @@ from sqlalchemy import (
     text,
 )
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.schema import CreateTable
 from sqlalchemy.sql import ColumnElement, Insert, literal_column
@@ -36,6 +37,8 @@ from sqlalchemy.sql.compiler import DDLCompiler, SQLCompiler
 from sqlalchemy.sql.expression import TableValuedAlias
 from sqlalchemy.types import TypeEngine
 
+from batchjob.errors import ConfigError
+from batchjob.redact import mask_url_passwords
 from batchjob.store.schema import Moment
 
 CONNECT_TIMEOUT_SECONDS = 5
@@ -97,11 +100,32 @@ def _mysql_now(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
     return f"(UTC_TIMESTAMP(6) + INTERVAL ROUND(({seconds}) * 1000000) MICROSECOND)"
 
 
+# What installs a driver for each database batchjob runs on (the error naming a missing one).
+DRIVER_EXTRAS = {
+    "sqlite": "Python's own sqlite3",
+    "mysql": "batchjob[mysqlclient] or batchjob[mysql]",
+    "mariadb": "batchjob[mysqlclient] or batchjob[mysql]",
+    "postgresql": "batchjob[postgresql]",
+}
+
+
 def normalise_url(url: str) -> URL:
     """Parse the URL and pick the drivers and options batchjob is tested with: the one the
-    URL names, else for MySQL/MariaDB mysqlclient where it is installed, PyMySQL otherwise."""
-    parsed = make_url(url)
+    URL names, else for MySQL/MariaDB mysqlclient where it is installed, PyMySQL otherwise.
+    A URL that is none, or of another database, is a ConfigError."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise ConfigError(
+            f"database_url {mask_url_passwords(url)!r} is not a database URL "
+            "(sqlite:///batchjob.db, mysql://user:password@host/name, postgresql://user@host/name)"
+        ) from None
     backend = parsed.get_backend_name()
+    if backend not in DRIVER_EXTRAS:
+        raise ConfigError(
+            f"database_url {mask_url_passwords(url)}: batchjob runs on SQLite, MySQL/MariaDB "
+            f"and PostgreSQL, not {backend}"
+        )
     if backend in ("mysql", "mariadb"):
         if parsed.drivername in ("mysql", "mariadb"):
             parsed = parsed.set(drivername=f"{backend}+{mysql_driver()}")
@@ -109,6 +133,16 @@ def normalise_url(url: str) -> URL:
     elif backend == "postgresql" and parsed.drivername in ("postgresql", "postgres"):
         parsed = parsed.set(drivername="postgresql+psycopg")
     return parsed
+
+
+def missing_driver(url: URL, shown: str, error: Exception) -> ConfigError:
+    """The error for a URL whose driver cannot be loaded, naming what installs one."""
+    why = " ".join(str(error).split())
+    backend = url.get_backend_name()
+    return ConfigError(
+        f"database_url {shown}: cannot load its driver {url.drivername} ({why}); "
+        f"{DRIVER_EXTRAS[backend]} installs the one {backend}:// takes"
+    )
 
 
 def mysql_driver() -> str:

@@ -122,9 +122,10 @@ class Worker:
         self._install_signal_handlers()
         log.info(
             "action=worker_started worker_id=%s pid=%d version=%s concurrency=%d queues=%s "
-            "database=%s subreaper=%s",
+            "database=%s driver=%s subreaper=%s",
             self.worker_id, os.getpid(), __version__, self.concurrency,
-            ",".join(self.queues) if self.queues else "*", store.display_url, subreaper,
+            ",".join(self.queues) if self.queues else "*", store.display_url,
+            store.url.drivername, subreaper,
         )  # fmt: skip
         self._register(store, outage)
         self._warn_if_schema_is_old(store)
