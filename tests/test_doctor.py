@@ -32,7 +32,7 @@ from batchjob.model import JobStatus
 from batchjob.queue import Queue
 from batchjob.store import Store, WorkerRegistration, health
 from batchjob.worker.supervisor import MIN_FREE_LOG_BYTES
-from conftest import Workers, tmpfs
+from conftest import Workers, prepared_database, tmpfs
 
 SERVER_DATABASES = pytest.mark.parametrize("database_url", ["mariadb", "postgresql"], indirect=True)
 # Checks that describe the host's history rather than the set-up under test: a past OOM kill
@@ -81,6 +81,10 @@ def test_a_healthy_set_up_has_no_failure_and_no_warning(queue: Queue, log_dir: P
     found = checks_by_name(checks)
     assert found["database"].status == "OK"
     assert found["database"].figures["schema_version"] >= 1
+    driver = {"sqlite": "pysqlite", "mysql": "mysqldb", "postgresql": "psycopg"}
+    assert found["database"].figures["driver"] == driver[queue.store.dialect_name]
+    assert f" through {driver[queue.store.dialect_name]}: " in found["database"].message
+    assert "batchjob[mysqlclient]" not in found["database"].message
     assert "jobs/1.log 2.0 KiB" in found["log-size"].message
     if queue.store.dialect_name == "sqlite":
         assert found["lock-waits"].status == "N/A"
@@ -88,6 +92,20 @@ def test_a_healthy_set_up_has_no_failure_and_no_warning(queue: Queue, log_dir: P
     else:
         assert found["lock-waits"].status == "OK"
         assert found["data-disk"].status == "N/A"
+
+
+def test_a_worker_on_pymysql_is_told_what_mysqlclient_would_save(
+    tmp_path: Path, server_databases: dict[str, str]
+) -> None:
+    url = prepared_database("mariadb-pymysql", tmp_path, server_databases)
+    store = Store(url)
+    try:
+        database = checks_by_name(run_checks(Settings(database_url=url), store))["database"]
+    finally:
+        store.close()
+    assert database.status == "OK"
+    assert database.figures["driver"] == "pymysql"
+    assert "mysqlclient (batchjob[mysqlclient]) would cost the worker" in database.message
 
 
 def test_a_database_without_schema_fails_with_the_fix(tmp_path: Path) -> None:

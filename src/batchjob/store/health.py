@@ -119,6 +119,7 @@ def report(connection: Connection, url: URL) -> dict[str, Any]:
     catalog_errors: dict[str, str] = {}
     facts: dict[str, Any] = {
         "kind": kind,
+        "driver": connection.dialect.driver,
         "server_version": _server_version(connection, kind),
         "schema_version": schema_version,
         "latest_schema_version": migrations.LATEST_VERSION,
