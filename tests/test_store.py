@@ -13,13 +13,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from sqlalchemy import create_engine, make_url, text
+from sqlalchemy import create_engine, inspect, make_url, text
 
 import batchjob.store
 from batchjob.errors import DuplicateJob, InvalidTransition, JobNotFound
 from batchjob.model import FailureReason, Job, JobStatus, NewJob
 from batchjob.queue import Queue
-from batchjob.store import ClaimRequest, Outcome, Store, migrations
+from batchjob.store import ClaimRequest, Outcome, Store, migrations, schema
 from conftest import (
     DATABASES,
     OTHER_DRIVERS,
@@ -648,6 +648,52 @@ def test_init_is_idempotent_and_safe_to_run_concurrently(tmp_path: Path) -> None
 
 def _init(url: str) -> tuple[int, int]:
     return Store(url).upgrade_schema()
+
+
+def test_init_rebuilds_an_earlier_versions_indexes_over_only_the_rows_that_set_their_column(
+    store: Store, database_url: str
+) -> None:
+    """A new job sets none of these columns: on SQLite and PostgreSQL its INSERT skips their
+    indexes. MariaDB has no partial index and keeps indexing every row."""
+    engine = create_engine(database_url)
+    table = schema.jobs.name
+    (held,) = store.enqueue([NewJob(command=["x"], unique_key="k", concurrency_key="c")])
+    try:
+        with engine.begin() as conn:  # the indexes and version an earlier batchjob left
+            for index in schema.PARTIAL_INDEXES:
+                where_it_is = f" ON {table}" if engine.dialect.name in ("mysql", "mariadb") else ""
+                conn.execute(text(f"DROP INDEX {index.name}{where_it_is}"))
+                columns = ", ".join(column.name for column in index.columns)
+                unique = "UNIQUE " if index.unique else ""
+                conn.execute(text(f"CREATE {unique}INDEX {index.name} ON {table} ({columns})"))
+            conn.execute(text("DELETE FROM batch_job_schema WHERE version >= 3"))
+        assert Store(database_url).upgrade_schema() == (2, migrations.LATEST_VERSION)
+    finally:
+        Store(database_url).upgrade_schema()
+    with engine.connect() as conn:
+        conditions = {
+            index["name"]: str(
+                index.get("dialect_options", {}).get(f"{engine.dialect.name}_where", "")
+            )
+            for index in inspect(conn).get_indexes(table)
+        }
+    engine.dispose()
+    partial = {index.name: index.info[schema.ONLY_WHERE_SET] for index in schema.PARTIAL_INDEXES}
+    if engine.dialect.name in ("mysql", "mariadb"):
+        assert {name: conditions[name] for name in partial} == dict.fromkeys(partial, "")
+    else:
+        assert len(partial) == 5
+        for name, column in partial.items():
+            assert conditions[name].replace('"', "").lower() in (
+                f"{column} is not null",
+                f"({column} is not null)",
+            ), (name, conditions[name])
+    with pytest.raises(DuplicateJob):  # the key is still held, by the job stored before
+        store.enqueue([NewJob(command=["y"], unique_key="k")])
+    (claimed,) = store.claim("w", None, 5, 30)
+    assert claimed.job.id == held.id
+    assert store.finish(claimed.lease, Outcome(JobStatus.COMPLETED, exit_code=0))
+    assert store.enqueue([NewJob(command=["y"], unique_key="k")])[0].unique_key == "k"
 
 
 def test_run_at_in_the_future_is_not_due(store: Store) -> None:

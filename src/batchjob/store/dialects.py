@@ -19,7 +19,6 @@ from sqlalchemy import (
     Connection,
     Dialect,
     Engine,
-    Float,
     FunctionElement,
     Table,
     bindparam,
@@ -31,15 +30,15 @@ from sqlalchemy import (
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.ext.compiler import compiles
-from sqlalchemy.schema import CreateTable
-from sqlalchemy.sql import ColumnElement, Insert, literal_column
+from sqlalchemy.schema import CreateIndex, CreateTable
+from sqlalchemy.sql import ColumnElement, Insert
 from sqlalchemy.sql.compiler import DDLCompiler, SQLCompiler
 from sqlalchemy.sql.expression import TableValuedAlias
 from sqlalchemy.types import TypeEngine
 
 from batchjob.errors import ConfigError
 from batchjob.redact import mask_url_passwords
-from batchjob.store.schema import Moment
+from batchjob.store.schema import ONLY_WHERE_SET, Moment
 
 CONNECT_TIMEOUT_SECONDS = 5
 # A cut network must not hang a worker forever in a read: MySQL drivers take a read timeout
@@ -69,7 +68,7 @@ class db_now_plus(FunctionElement[Any]):
 
 def db_now() -> ColumnElement[Any]:
     """The database's current UTC time (naive), as every stored time is."""
-    return db_now_plus(literal_column("0.0", Float()))  # in the SQL text: no parameter to bind
+    return db_now_plus()  # no offset: none to bind, none to add (SQLite parses it per row)
 
 
 @compiles(CreateTable, "mysql")
@@ -80,22 +79,41 @@ def _innodb_utf8mb4(create: CreateTable, compiler: DDLCompiler, **kw: Any) -> st
     return f"{created} ENGINE=InnoDB CHARSET=utf8mb4 COLLATE utf8mb4_bin\n\n"
 
 
+@compiles(CreateIndex, "sqlite")
+@compiles(CreateIndex, "postgresql")
+def _partial_index(create: CreateIndex, compiler: DDLCompiler, **kw: Any) -> str:
+    """An index marked ONLY_WHERE_SET in schema.py over only the rows that set its column."""
+    created: str = compiler.visit_create_index(create, **kw)  # type: ignore[no-untyped-call]
+    column = create.element.info.get(ONLY_WHERE_SET)
+    if column is None:
+        return created
+    return f"{created} WHERE {compiler.preparer.quote(column)} IS NOT NULL"
+
+
 @compiles(db_now_plus, "sqlite")
 def _sqlite_now(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
     # The same text form SQLAlchemy stores, microseconds included, so strings compare in order.
+    now = "strftime('%Y-%m-%d %H:%M:%f000', 'now'"
+    if not element.clauses.clauses:
+        return f"{now})"
     seconds = compiler.process(element.clauses, **kw)
-    return f"strftime('%Y-%m-%d %H:%M:%f000', 'now', printf('%+.6f seconds', {seconds}))"
+    return f"{now}, printf('%+.6f seconds', {seconds}))"
 
 
 @compiles(db_now_plus, "postgresql")
 def _postgresql_now(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    now = "(clock_timestamp() AT TIME ZONE 'UTC')"
+    if not element.clauses.clauses:
+        return now
     seconds = compiler.process(element.clauses, **kw)
-    return f"((clock_timestamp() AT TIME ZONE 'UTC') + ({seconds}) * interval '1 second')"
+    return f"({now} + ({seconds}) * interval '1 second')"
 
 
 @compiles(db_now_plus, "mysql")
 @compiles(db_now_plus, "mariadb")
 def _mysql_now(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
+    if not element.clauses.clauses:
+        return "UTC_TIMESTAMP(6)"
     seconds = compiler.process(element.clauses, **kw)
     return f"(UTC_TIMESTAMP(6) + INTERVAL ROUND(({seconds}) * 1000000) MICROSECOND)"
 

@@ -69,8 +69,8 @@ jobs = Table(
     Column("lost_attempts", Integer, nullable=False, server_default="0"),
     Column("run_at", Moment, nullable=False),
     # unique_key is kept for history; active_unique_key holds it only while the job is pending
-    # or running, and its plain unique index is what makes two enqueues with one key impossible
-    # on every database (MariaDB has no partial indexes).
+    # or running, and its unique index is what makes two enqueues with one key impossible on
+    # every database (a partial index on unique_key's active rows would need one MariaDB lacks).
     Column("unique_key", String(255)),
     Column("active_unique_key", String(255)),
     Column("concurrency_key", String(255)),
@@ -101,7 +101,6 @@ jobs = Table(
     Column("log_path", Text),
     Column("peak_rss_bytes", BigInteger),
     Column("peak_open_fds", Integer),
-    Index("ux_batch_job_queue_active_unique_key", "active_unique_key", unique=True),
 )
 # Claim: the pending rows in claim order, so the first due rows are found without a sort.
 Index(
@@ -111,13 +110,51 @@ Index(
     jobs.c.run_at,
     jobs.c.id,
 )
-# Rescue: running rows by lease expiry; also serves `WHERE status = 'running' ORDER BY started_at`.
-Index("ix_batch_job_queue_lease", jobs.c.status, jobs.c.lease_expires_at)
-Index("ix_batch_job_queue_started", jobs.c.status, jobs.c.started_at)
-# Purge and the seed's `WHERE status = 'failed' ORDER BY completed_at DESC`.
-Index("ix_batch_job_queue_completed", jobs.c.status, jobs.c.completed_at)
-Index("ix_batch_job_queue_concurrency", jobs.c.concurrency_key, jobs.c.status)
 Index("ix_batch_job_queue_queue", jobs.c.queue, jobs.c.status)
+
+
+# An index whose `info` names a column here holds only the rows that set it, on the databases
+# with partial indexes (SQLite, PostgreSQL; dialects.py adds the WHERE, as `sqlite_where` or
+# `postgresql_where` would import both dialects into every process). A new job sets none of
+# these columns, so its INSERT skips their indexes. Both planners use such an index for any
+# `=` or `<` on the column, even to a bound parameter. MariaDB indexes every row.
+ONLY_WHERE_SET = "only_where_set"
+
+# Rescue: running rows by lease expiry (a lease is set only while its job runs).
+Index(
+    "ix_batch_job_queue_lease",
+    jobs.c.status,
+    jobs.c.lease_expires_at,
+    info={ONLY_WHERE_SET: "lease_expires_at"},
+)
+# The running jobs, oldest first (`WHERE status = 'running' AND started_at IS NOT NULL`).
+Index(
+    "ix_batch_job_queue_started",
+    jobs.c.status,
+    jobs.c.started_at,
+    info={ONLY_WHERE_SET: "started_at"},
+)
+# Finished rows by completion time (`WHERE status = 'failed' AND completed_at < ?`).
+Index(
+    "ix_batch_job_queue_completed",
+    jobs.c.status,
+    jobs.c.completed_at,
+    info={ONLY_WHERE_SET: "completed_at"},
+)
+Index(
+    "ix_batch_job_queue_concurrency",
+    jobs.c.concurrency_key,
+    jobs.c.status,
+    info={ONLY_WHERE_SET: "concurrency_key"},
+)
+Index(
+    "ux_batch_job_queue_active_unique_key",
+    jobs.c.active_unique_key,
+    unique=True,
+    info={ONLY_WHERE_SET: "active_unique_key"},
+)
+# Those indexes, which `batchjob init` rebuilds where an earlier version made them whole.
+PARTIAL_INDEXES = tuple(index for index in jobs.indexes if ONLY_WHERE_SET in index.info)
 
 workers = Table(
     "batch_job_workers",
