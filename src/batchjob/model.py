@@ -155,8 +155,8 @@ class NewJob:
     """A job about to be stored, with every option already resolved (job > task > defaults).
 
     Not frozen, as a Job is: it lives only from the Queue's resolution to the Store's INSERT,
-    and a frozen dataclass's `__init__` (a `object.__setattr__` a field) cost 2.6 times a
-    plain one's, a sixth of a bulk enqueue's time a job.
+    and a frozen dataclass's `__init__` (an `object.__setattr__` a field) cost 2.6 times a
+    plain one's: 40,000 instructions against 15,600, of a bulk enqueue's 270,000 a job.
     """
 
     command: Sequence[str]

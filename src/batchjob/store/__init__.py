@@ -1430,7 +1430,7 @@ def _json_dumps(value: Any) -> str:
 
 def _encode(value: Any) -> str:
     """`value` as `_encode_readable` writes it; a list of strings (a command, tags) in a third
-    of its time (it builds an encoder at each call), a seventh of a bulk enqueue's."""
+    of its time, as that builds an encoder at each call."""
     if type(value) is list:
         try:
             return "[" + ", ".join(map(_encode_string, value)) + "]"

@@ -35,8 +35,8 @@ def _notify_workers_on_insert(connection: Connection) -> None:
 def _partial_indexes(connection: Connection) -> None:
     """SQLite, PostgreSQL: the indexes of columns a new job leaves unset hold only the rows
     that set them. Rebuilt here, in the step's transaction, from an earlier version's over
-    every row; a new database's, empty, are rebuilt in no time. It blocks writes to the jobs
-    table while it builds (seconds for a million rows)."""
+    every row; a new database's, empty, are rebuilt in no time. Writes to the jobs table
+    wait while it builds."""
     if connection.dialect.name not in ("sqlite", "postgresql"):
         return
     for index in schema.PARTIAL_INDEXES:
