@@ -1430,7 +1430,8 @@ def _json_dumps(value: Any) -> str:
 
 def _encode(value: Any) -> str:
     """`value` as `_encode_readable` writes it; a list of strings (a command, tags) in a third
-    of its time, as that builds an encoder at each call."""
+    of its instructions (4,300 against 13,300 for one argument), as that builds an encoder at
+    each call."""
     if type(value) is list:
         try:
             return "[" + ", ".join(map(_encode_string, value)) + "]"
