@@ -15,6 +15,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import MISSING, dataclass, fields
+from datetime import datetime, timedelta
 from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import (
@@ -36,6 +37,7 @@ from sqlalchemy import (
     or_,
     select,
     true,
+    type_coerce,
     union_all,
     update,
 )
@@ -628,14 +630,16 @@ class Store:
 
     def _insert_jobs(self, conn: Connection, rows: list[dict[str, Any]]) -> list[Job]:
         """Insert; the jobs are built from what was sent and what the database set."""
+        assigned: Sequence[Sequence[Any]]  # each row's (id, created_at, run_at)
         if len(rows) > 1 and dialects.has_single_writer(conn):
             # SQLAlchemy sends many rows with RETURNING to SQLite one statement each (SQLite does
             # not promise RETURNING's order): insert them in one executemany instead.
-            _insert_jobs_by_driver(conn.dialect, tuple(rows[0])).execute_many(conn, rows)
+            times = _give_times_as_text(conn, rows)
+            keys = tuple(key for key in rows[0] if key not in _SCHEDULE_PARAMETERS)
+            _insert_jobs_by_driver(conn.dialect, keys).execute_many(conn, rows)
             last = dialects.last_inserted_id(conn)
-            assigned = conn.execute(
-                select(*_ASSIGNED).where(jobs.c.id > last - len(rows)).order_by(jobs.c.id)
-            ).all()
+            first = last - len(rows) + 1
+            assigned = [(first + index, *moments) for index, moments in enumerate(times)]
         elif len(rows) > 1 and dialects.inserts_rows_from_arrays(conn):
             statement, assigned = _insert_jobs_from_arrays(tuple(rows[0])), []
             for start in range(0, len(rows), ROWS_PER_ARRAY_INSERT):
@@ -1248,10 +1252,43 @@ _INSERT_JOB_RETURNING = _INSERT_JOB.returning(*_ASSIGNED, sort_by_parameter_orde
 _NOT_JOB_FIELDS = (*_SCHEDULE_PARAMETERS, "active_unique_key")
 
 
+# SQLite's bulk: its times bound as the text SQLite keeps them in (`_give_times_as_text`).
+_INSERT_JOB_AT_GIVEN_TIMES = insert(jobs).values(
+    created_at=bindparam("created_at", type_=String()),
+    run_at=bindparam("run_at", type_=String()),
+)
+
+
 @functools.cache
 def _insert_jobs_by_driver(dialect: Dialect, keys: tuple[str, ...]) -> DriverStatement:
-    """`_INSERT_JOB` compiled for SQLite's bulk: many rows as tuples, in one executemany."""
-    return DriverStatement.compile(_INSERT_JOB, dialect, keys)
+    """SQLite's bulk insert, compiled: many rows as tuples, in one executemany."""
+    return DriverStatement.compile(_INSERT_JOB_AT_GIVEN_TIMES, dialect, keys)
+
+
+def _give_times_as_text(
+    conn: Connection, rows: list[dict[str, Any]]
+) -> list[tuple[datetime, datetime]]:
+    """SQLite's bulk: set each row's created_at and run_at, as text, from one reading of the
+    database's clock; returns them as datetimes. SQLite's date functions for every row and
+    reading the times back cost 26,000 of a bulk-enqueued job's 226,000 instructions.
+
+    A row without a run_at or delay (most) shares the one text: no formatting per row.
+    """
+    now_text = conn.execute(select(type_coerce(dialects.db_now(), String))).scalar_one()
+    now = datetime.fromisoformat(now_text)
+    as_text = Moment().dialect_impl(conn.dialect).bind_processor(conn.dialect)
+    assert as_text is not None, "SQLite keeps times as text"
+    times = []
+    for row in rows:
+        given, delay = row["run_at_given"], row["delay_seconds"]
+        if given is None and not delay:
+            run_at, run_at_text = now, now_text
+        else:
+            run_at = given if given is not None else now + timedelta(seconds=delay)
+            run_at_text = as_text(run_at)
+        row["created_at"], row["run_at"] = now_text, run_at_text
+        times.append((now, run_at))
+    return times
 
 
 @functools.cache
@@ -1277,7 +1314,7 @@ def _insert_jobs_from_arrays(keys: tuple[str, ...]) -> Any:
     )
 
 
-def _new_job(parameters: dict[str, Any], assigned: Row[Any, Any, Any]) -> Job:
+def _new_job(parameters: dict[str, Any], assigned: Sequence[Any]) -> Job:
     """The Job just inserted with `parameters`, as `get` would read it back."""
     values = _JOB_DEFAULTS | parameters  # then three deletions: half a filtering's time
     for name in _NOT_JOB_FIELDS:
