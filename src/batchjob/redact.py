@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Mapping
 
@@ -11,6 +12,7 @@ _SECRET_NAME = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^@\s]*(?P<tail>@)")
 
 
+@functools.lru_cache(maxsize=4096)  # the same few names, asked for every job's environment
 def is_secret_name(name: str) -> bool:
     """A variable is secret when its name says so (PASSWORD, SECRET, TOKEN, KEY, CREDENTIAL)."""
     return _SECRET_NAME.search(name) is not None
@@ -18,6 +20,8 @@ def is_secret_name(name: str) -> bool:
 
 def mask_url_passwords(text: str) -> str:
     """Replace the password part of every URL in `text` with ***."""
+    if "://" not in text:  # most values: no URL, and no regular expression to run
+        return text
     return _URL_PASSWORD.sub(rf"\g<head>{MASK}\g<tail>", text)
 
 
