@@ -647,9 +647,10 @@ class Store:
                 arrays = {key: [row[key] for row in part] for key in rows[0]}
                 # Ids come from the sequence in the SELECT's order; RETURNING's is unpromised.
                 assigned += sorted(conn.execute(statement, arrays))
-        elif conn.dialect.insert_executemany_returning_sort_by_parameter_order or (
-            len(rows) == 1 and conn.dialect.insert_returning
-        ):
+        elif len(rows) == 1 and conn.dialect.insert_returning:
+            (row,) = _insert_job_by_driver(conn.dialect, tuple(rows[0])).rows(conn, rows[0])
+            assigned = [(row["id"], row["created_at"], row["run_at"])]
+        elif conn.dialect.insert_executemany_returning_sort_by_parameter_order:
             assigned = conn.execute(_INSERT_JOB_RETURNING, rows).all()
         else:
             # No RETURNING for many rows here (MySQL 8): insert one by one, still one transaction.
@@ -1250,6 +1251,12 @@ _INSERT_JOB = insert(jobs).values(
 _ASSIGNED = (jobs.c.id, jobs.c.created_at, jobs.c.run_at)
 _INSERT_JOB_RETURNING = _INSERT_JOB.returning(*_ASSIGNED, sort_by_parameter_order=True)
 _NOT_JOB_FIELDS = (*_SCHEDULE_PARAMETERS, "active_unique_key")
+
+
+@functools.cache
+def _insert_job_by_driver(dialect: Dialect, keys: tuple[str, ...]) -> DriverStatement:
+    """One job's INSERT, compiled: what the database set comes back with RETURNING."""
+    return DriverStatement.compile(_INSERT_JOB.returning(*_ASSIGNED), dialect, keys)
 
 
 # SQLite's bulk: its times bound as the text SQLite keeps them in (`_give_times_as_text`).

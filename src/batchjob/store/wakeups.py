@@ -14,6 +14,7 @@ only costs latency: the poll still finds the job.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import math
@@ -63,6 +64,7 @@ def listen(url: URL, wake: Callable[[], None], name: str) -> Callable[[], None] 
     return stopping.set
 
 
+@functools.lru_cache(maxsize=16)  # asked at every enqueue; a process uses one or two URLs
 def _socket_prefix(url: URL) -> bytes | None:
     """`batchjob-<digest>-`: the same for every URL of one database on this host."""
     backend = url.get_backend_name()
