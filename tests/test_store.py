@@ -387,6 +387,29 @@ def test_a_bulk_enqueue_split_into_several_statements_returns_each_job_as_stored
     assert [job.id for job in returned] == sorted(job.id for job in returned)
 
 
+def test_a_bulk_enqueue_times_each_job_by_the_database_clock_as_asked(store: Store) -> None:
+    """created_at from the database's clock; run_at the same, later by the delay, or as given."""
+    given_run_at = datetime(2031, 1, 2, 3, 4, 5, 678901)
+    now_job, delayed, scheduled, other = store.enqueue(
+        [
+            NewJob(command=["now"]),
+            NewJob(command=["later"], delay=90.5),
+            NewJob(command=["at"], run_at=given_run_at),
+            NewJob(command=["now", JAPANESE]),
+        ]
+    )
+    stored = [store.get(job.id) for job in (now_job, delayed, scheduled, other)]
+    assert stored == [now_job, delayed, scheduled, other]
+    later_by = [(job.run_at - job.created_at).total_seconds() for job in (now_job, delayed, other)]
+    assert later_by == pytest.approx([0, 90.5, 0], abs=0.01)  # one clock reading or two
+    assert scheduled.run_at == given_run_at
+    assert max(job.created_at for job in stored) - min(job.created_at for job in stored) < (
+        timedelta(seconds=1)
+    )
+    due = store.claim("w", None, 4, 30)
+    assert sorted(claimed.job.id for claimed in due) == [now_job.id, other.id]
+
+
 def test_a_job_built_from_its_fields_equals_one_built_by_init_and_needs_every_field(
     store: Store,
 ) -> None:
