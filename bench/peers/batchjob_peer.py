@@ -50,10 +50,19 @@ class BatchjobPeer(Peer):
         self.engine = create_engine(self.database_url())
 
     def reset(self) -> None:
+        """Empty the tables as the other PostgreSQL peers do theirs, by TRUNCATE there.
+
+        A DELETE leaves every row's dead version, in the table and in each index, until a
+        vacuum; this machine's PostgreSQL runs without autovacuum, so after the 26,000 jobs
+        of the workloads before it, each claim of the latency workload stepped over them.
+        """
         assert self.engine is not None
         with self.engine.begin() as connection:
-            connection.execute(delete(events))
-            connection.execute(delete(jobs))
+            if connection.dialect.name == "postgresql":
+                connection.execute(text(f"TRUNCATE {events.name}, {jobs.name}"))
+            else:
+                connection.execute(delete(events))
+                connection.execute(delete(jobs))
         self.enqueued.clear()
 
     def enqueue(self, job: JobSpec) -> None:
