@@ -53,8 +53,8 @@ class BatchjobPeer(Peer):
         """Empty the tables as the other PostgreSQL peers do theirs, by TRUNCATE there.
 
         A DELETE leaves every row's dead version, in the table and in each index, until a
-        vacuum; this machine's PostgreSQL runs without autovacuum, so after the 26,000 jobs
-        of the workloads before it, each claim of the latency workload stepped over them.
+        vacuum; this machine's PostgreSQL runs without autovacuum, so each workload's claims
+        stepped over the dead rows of the workloads before it (26,000 before the last).
         """
         assert self.engine is not None
         with self.engine.begin() as connection:
