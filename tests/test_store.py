@@ -387,8 +387,12 @@ def test_a_bulk_enqueue_split_into_several_statements_returns_each_job_as_stored
     assert [job.id for job in returned] == sorted(job.id for job in returned)
 
 
-def test_a_bulk_enqueue_times_each_job_by_the_database_clock_as_asked(store: Store) -> None:
-    """created_at from the database's clock; run_at the same, later by the delay, or as given."""
+def test_a_bulk_enqueue_makes_each_job_due_now_later_by_its_delay_or_as_given(
+    store: Store,
+) -> None:
+    """run_at equals created_at, is later by the delay, or is the time given; the batch's
+    jobs are created within a second and stored as returned. (Which clock made created_at,
+    the database's or this host's, one host cannot tell apart.)"""
     given_run_at = datetime(2031, 1, 2, 3, 4, 5, 678901)
     now_job, delayed, scheduled, other = store.enqueue(
         [

@@ -1255,8 +1255,8 @@ _NOT_JOB_FIELDS = (*_SCHEDULE_PARAMETERS, "active_unique_key")
 
 @functools.cache
 def _insert_job_by_driver(dialect: Dialect, keys: tuple[str, ...]) -> DriverStatement:
-    """One job's INSERT, compiled: what the database set comes back with RETURNING."""
-    return DriverStatement.compile(_INSERT_JOB.returning(*_ASSIGNED), dialect, keys)
+    """`_INSERT_JOB_RETURNING` compiled for one job (the same SQL as SQLAlchemy sends)."""
+    return DriverStatement.compile(_INSERT_JOB_RETURNING, dialect, keys)
 
 
 # SQLite's bulk: its times bound as the text SQLite keeps them in (`_give_times_as_text`).
