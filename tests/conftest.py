@@ -208,11 +208,16 @@ class Workers:
         (self.directory / "batchjob.toml").write_text(text, encoding="utf-8")
 
     def start(
-        self, *args: str, preexec_fn: Callable[[], None] | None = None
+        self,
+        *args: str,
+        preexec_fn: Callable[[], None] | None = None,
+        path_first: Path | None = None,
     ) -> subprocess.Popen[bytes]:
-        """A worker with a systemd-like minimal env; `preexec_fn` sets a limit or a cgroup."""
+        """A worker with a systemd-like minimal env; `preexec_fn` sets a limit or a cgroup,
+        `path_first` is a directory of programs found before the system's."""
+        path = f"{Path(PYTHON).parent}:/usr/bin:/bin"
         env = {
-            "PATH": f"{Path(PYTHON).parent}:/usr/bin:/bin",
+            "PATH": path if path_first is None else f"{path_first}:{path}",
             "BATCH_JOB_DATABASE_URL": self.database_url,
             "BATCH_JOB_LOG_DIR": str(self.directory / "logs"),
         }

@@ -417,6 +417,34 @@ def test_oom_kill_by_the_kernel_is_named_with_its_evidence(
     assert (stored.peak_rss_bytes or 0) < OOM_CGROUP_LIMIT
 
 
+def test_an_oom_kill_is_named_by_the_cgroup_counter_where_the_kernel_log_is_closed(
+    workers: Workers, queue: Queue, memory_cgroup: Path, tmp_path: Path
+) -> None:
+    """A worker that may not read the kernel log (not root, kernel.dmesg_restrict=1): the
+    memory cgroup's OOM-kill counter, read as the job started and after it ended, names it."""
+    closed = tmp_path / "bin"
+    closed.mkdir()
+    dmesg = closed / "dmesg"
+    dmesg.write_text(
+        "#!/bin/sh\necho 'dmesg: read kernel buffer failed: Operation not permitted' >&2\n"
+        "exit 1\n"
+    )
+    dmesg.chmod(0o755)
+    job = queue.enqueue([PYTHON, str(JOBS / "hold_memory.py"), "600", "10"])
+    worker = workers.start("--burst", preexec_fn=joining(memory_cgroup), path_first=closed)
+    assert worker.wait(timeout=60) == 0
+
+    stored = queue.get(job.id)
+    assert (stored.status, stored.failure_reason, stored.signal) == (
+        JobStatus.FAILED,
+        FailureReason.OOM_KILLED,
+        signal.SIGKILL,
+    )
+    assert stored.error_summary == (
+        "killed by the kernel's OOM killer (the memory cgroup counted 1 OOM kill(s) meanwhile)"
+    )
+
+
 def test_an_oom_kill_before_the_first_sample_claims_no_peak_of_zero(
     workers: Workers, queue: Queue, memory_cgroup: Path
 ) -> None:

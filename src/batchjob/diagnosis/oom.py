@@ -8,24 +8,30 @@ kernel log (`dmesg`), which names the killed pid when it is readable.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import subprocess
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 DMESG_TIMEOUT_SECONDS = 2.0
+# The counter's line in both versions' files (v2 memory.events, v1 memory.oom_control).
+_OOM_KILL_LINE = re.compile(rb"^oom_kill (\d+)$", re.MULTILINE)
 
 
 def oom_kill_count() -> int | None:
     """The OOM kills counted in this process's memory cgroup (jobs share it), if readable."""
-    for path, field in _counter_files():
+    for path in _counter_files():
         try:
-            for line in path.read_text().splitlines():
-                name, _, value = line.partition(" ")
-                if name == field and value.strip().isdigit():
-                    return int(value)
+            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            try:
+                found = _OOM_KILL_LINE.search(os.read(descriptor, 4096))
+            finally:
+                os.close(descriptor)
         except OSError:
             continue
+        if found is not None:
+            return int(found.group(1))
     return None
 
 
@@ -41,23 +47,23 @@ def oom_evidence(pid: int, count_before: int | None) -> str | None:
 
 
 @functools.cache
-def _counter_files() -> list[tuple[Path, str]]:
+def _counter_files() -> list[str]:
     """Where this process's cgroup counts OOM kills: found once (a process stays in its
     cgroup), so that each job's start reads one file, not every place it might be."""
-    files: list[tuple[Path, str]] = []
+    candidates: list[Path] = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
-        return files
+        return []
     for line in lines:
         _hierarchy, controllers, path = line.split(":", 2)
         relative = path.lstrip("/")
         if controllers == "":
-            files.append((CGROUP_ROOT / relative / "memory.events", "oom_kill"))
-            files.append((CGROUP_ROOT / "unified" / relative / "memory.events", "oom_kill"))
+            candidates.append(CGROUP_ROOT / relative / "memory.events")
+            candidates.append(CGROUP_ROOT / "unified" / relative / "memory.events")
         elif "memory" in controllers.split(","):
-            files.append((CGROUP_ROOT / "memory" / relative / "memory.oom_control", "oom_kill"))
-    return [(path, field) for path, field in files if path.exists()]
+            candidates.append(CGROUP_ROOT / "memory" / relative / "memory.oom_control")
+    return [str(candidate) for candidate in candidates if candidate.exists()]
 
 
 def _kernel_log_line(pid: int) -> str | None:
