@@ -16,6 +16,7 @@ and the job goes on; its output is still drained, only not kept.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import time
@@ -24,6 +25,7 @@ from pathlib import Path
 
 BLOCK = 4096
 STREAM_TAGS = {"stdout": b"out", "stderr": b"err", "batchjob": b"bjq"}
+_LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 
 
 def _timestamp() -> bytes:
@@ -47,11 +49,14 @@ class JobLog:
     _tail_current: int = -1  # -1: still writing the head
 
     def __post_init__(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+        try:
+            self._file = os.open(self.path, _LOG_FLAGS, 0o640)
+        except FileNotFoundError:  # the first job's, or its directory was removed meanwhile
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = os.open(self.path, _LOG_FLAGS, 0o640)
         self._head_limit = self.max_bytes // 2
         self._segment_limit = max(BLOCK, (self.max_bytes - self._head_limit) // 2)
-        self._tail_paths = [self.path.with_name(f"{self.path.name}.tail{n}") for n in (0, 1)]
+        self._tail_paths = (f"{self.path}.tail0", f"{self.path}.tail1")
 
     def write(self, stream: str, data: bytes) -> None:
         """Add one chunk read from `stream`."""
@@ -84,9 +89,9 @@ class JobLog:
             )
             for index in (older, self._tail_current):
                 if self._tail_sizes[index]:
-                    self._append(self._tail_paths[index].read_bytes())
-        for tail in self._tail_paths:
-            tail.unlink(missing_ok=True)
+                    self._append(Path(self._tail_paths[index]).read_bytes())
+        for tail in self._tail_paths:  # this attempt's, or an earlier one's that was cut off
+            _remove(tail)
         os.close(self._file)
         self._file = -1
 
@@ -120,7 +125,7 @@ class JobLog:
             mode = "wb"
             for index in (0, 1):
                 if index != current:
-                    self._tail_paths[index].unlink(missing_ok=True)
+                    _remove(self._tail_paths[index])
         elif current < 0 or self._tail_sizes[current] + len(record) > self._segment_limit:
             current = self._tail_current = 0 if current < 0 else 1 - current
             self.left_out += self._tail_sizes[current]
@@ -131,7 +136,7 @@ class JobLog:
         if not record:
             return
         try:
-            with self._tail_paths[current].open(mode) as handle:
+            with open(self._tail_paths[current], mode) as handle:
                 handle.write(record)
             self._tail_sizes[current] += len(record)
         except OSError as exc:
@@ -159,6 +164,11 @@ class JobLog:
             _write_all(self._file, marker)
         except OSError:
             pass
+
+
+def _remove(path: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.unlink(path)
 
 
 def _write_all(descriptor: int, data: bytes) -> None:
