@@ -13,7 +13,7 @@ SQLAlchemy would raise it, the connection invalidated when the database is gone.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
@@ -26,6 +26,7 @@ from sqlalchemy.sql.expression import UpdateBase
 from sqlalchemy.types import TypeEngine
 
 Converter = Callable[[Any], Any]
+_TYPE_CODE = itemgetter(1)  # of a DB-API cursor's column description
 
 
 @dataclass(frozen=True)
@@ -91,20 +92,20 @@ class DriverStatement:
     def execute(self, connection: Connection, values: Mapping[str, Any]) -> int:
         """Run it once; returns the count of rows it changed (or matched, on MySQL)."""
         parameters = self._parameters(values)
-        with _cursor(connection, self.sql, parameters) as cursor:
+        with _Cursor(connection, self.sql, parameters) as cursor:
             cursor.execute(self.sql, parameters)
             return int(cursor.rowcount)
 
     def execute_many(self, connection: Connection, rows: Sequence[Mapping[str, Any]]) -> None:
         """One executemany of `rows`, each holding a value for every parameter."""
         parameters: Any = [self._parameters(row) for row in rows]
-        with _cursor(connection, self.sql, parameters) as cursor:
+        with _Cursor(connection, self.sql, parameters) as cursor:
             cursor.executemany(self.sql, parameters)
 
     def rows(self, connection: Connection, values: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Run it once; its rows, each a dict of its columns' values in their Python types."""
         parameters = self._parameters(values)
-        with _cursor(connection, self.sql, parameters) as cursor:
+        with _Cursor(connection, self.sql, parameters) as cursor:
             cursor.execute(self.sql, parameters)
             fetched = [list(row) for row in cursor.fetchall()]
             converters = self._column_converters(connection.dialect, cursor.description)
@@ -116,7 +117,7 @@ class DriverStatement:
     def _column_converters(
         self, dialect: Dialect, description: Sequence[Sequence[Any]]
     ) -> tuple[tuple[int, Converter], ...]:
-        type_codes = tuple(column[1] for column in description)
+        type_codes = tuple(map(_TYPE_CODE, description))
         converters = self.column_converters.get(type_codes)
         if converters is None:
             converters = self.column_converters[type_codes] = tuple(
@@ -138,27 +139,43 @@ class DriverStatement:
         return dict(zip(self.names, ordered, strict=True))
 
 
-@contextlib.contextmanager
-def _cursor(connection: Connection, sql: str, parameters: Any) -> Iterator[DBAPICursor]:
+class _Cursor:
     """A driver cursor on the connection, in its transaction; a driver error raised in it
     leaves as SQLAlchemy's own (OperationalError, IntegrityError...), the connection
-    invalidated if the error says it is lost, as `Connection.execute` would."""
-    dialect = connection.dialect
-    driver_error = dialect.loaded_dbapi.Error
-    proxied = connection.connection
-    cursor = proxied.cursor()
-    try:
-        yield cursor
-    except driver_error as exc:
-        lost = dialect.is_disconnect(exc, proxied.dbapi_connection, cursor)
-        if lost:
-            connection.invalidate(exc)
-        raise DBAPIError.instance(
-            sql, parameters, exc, driver_error, connection_invalidated=lost, dialect=dialect
-        ) from exc
-    finally:
+    invalidated if the error says it is lost, as `Connection.execute` would.
+
+    A class, not a generator made a context manager: it runs for every statement of the
+    hot path, where a generator's context manager costs three more Python calls."""
+
+    def __init__(self, connection: Connection, sql: str, parameters: Any) -> None:
+        self.connection = connection
+        self.sql = sql
+        self.parameters = parameters
+        self.cursor: DBAPICursor = connection.connection.cursor()
+
+    def __enter__(self) -> DBAPICursor:
+        return self.cursor
+
+    def __exit__(self, _kind: object, exc: BaseException | None, _traceback: object) -> None:
+        connection, cursor = self.connection, self.cursor
+        dialect = connection.dialect
+        driver_error = dialect.loaded_dbapi.Error
+        lost = False
+        if isinstance(exc, driver_error):
+            lost = dialect.is_disconnect(exc, connection.connection.dbapi_connection, cursor)
+            if lost:
+                connection.invalidate(exc)
         with contextlib.suppress(driver_error):
             cursor.close()
+        if isinstance(exc, driver_error):
+            raise DBAPIError.instance(
+                self.sql,
+                self.parameters,
+                exc,
+                driver_error,
+                connection_invalidated=lost,
+                dialect=dialect,
+            ) from exc
 
 
 def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
