@@ -139,6 +139,12 @@ class DriverStatement:
         return dict(zip(self.names, ordered, strict=True))
 
 
+def execute_plain(connection: Connection, sql: str) -> None:
+    """A statement with no parameters and no rows (`BEGIN IMMEDIATE`), sent to the driver."""
+    with _Cursor(connection, sql, ()) as cursor:
+        cursor.execute(sql)
+
+
 class _Cursor:
     """A driver cursor on the connection, in its transaction; a driver error raised in it
     leaves as SQLAlchemy's own (OperationalError, IntegrityError...), the connection
