@@ -271,7 +271,7 @@ class Worker:
         path.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(path, encoding="utf-8")
         handler.setFormatter(
-            logging.Formatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z")
+            _SecondsFormatter("%(asctime)s %(levelname)s %(message)s", "%Y-%m-%dT%H:%M:%S%z")
         )
         log.setLevel(logging.INFO)
         log.addHandler(handler)
@@ -336,6 +336,20 @@ class Worker:
         elif reported and not low:
             log.info("action=claiming_resumed free_bytes=%d", free)
         return low
+
+
+class _SecondsFormatter(logging.Formatter):
+    """Formats a second's time once: its lines show no finer time, and a worker writes
+    three lines a job. Called with its handler's lock held, so one thread at a time."""
+
+    _second = -1
+    _formatted = ""
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        second = int(record.created)
+        if second != self._second:
+            self._second, self._formatted = second, super().formatTime(record, datefmt)
+        return self._formatted
 
 
 def _skip_unlogged_record_fields() -> None:
