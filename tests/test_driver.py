@@ -3,11 +3,15 @@ refusals (`Store._attempt`) tell passing failures from bad data by SQLAlchemy's 
 
 from __future__ import annotations
 
+import sqlite3
+from pathlib import Path
+
 import pytest
 from sqlalchemy import create_engine, insert, select, text
-from sqlalchemy.exc import DBAPIError, IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 
 from batchjob.store import Store
+from batchjob.store.dialects import prepare_engine
 from batchjob.store.driver import DriverStatement
 from batchjob.store.schema import events
 from conftest import DATABASES, OTHER_DRIVERS, database_url_fixture, kill_connections
@@ -53,3 +57,24 @@ def test_a_lost_connection_is_invalidated_so_the_pool_does_not_hand_it_out_again
         assert raised.value.connection_invalidated
         assert conn.invalidated
     engine.dispose()
+
+
+def test_a_sqlite_write_transaction_kept_from_its_lock_fails_as_sqlalchemys_error(
+    tmp_path: Path,
+) -> None:
+    """The begin hook sends BEGIN IMMEDIATE to the driver; a lock held elsewhere (here by a
+    plain sqlite3 connection, beyond a 0.1 s busy timeout) must still reach the store as
+    SQLAlchemy's OperationalError, which it retries, and not as sqlite3's own."""
+    holder = sqlite3.connect(tmp_path / "locked.db", isolation_level=None)
+    holder.execute("PRAGMA journal_mode=WAL")  # as the store's: connecting takes no lock
+    holder.execute("BEGIN IMMEDIATE")
+    engine = create_engine(f"sqlite:///{tmp_path / 'locked.db'}", connect_args={"timeout": 0.1})
+    prepare_engine(engine)
+    try:
+        with pytest.raises(OperationalError, match="database is locked") as raised, engine.begin():
+            pass
+        assert raised.value.statement == "BEGIN IMMEDIATE"
+    finally:
+        holder.execute("ROLLBACK")
+        holder.close()
+        engine.dispose()
