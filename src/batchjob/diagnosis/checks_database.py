@@ -1,4 +1,5 @@
-"""Doctor checks of the database server: reachable, schema current, connections, sessions.
+"""Doctor checks of the database server: reachable, schema current, connections, sessions,
+and whether PostgreSQL vacuums the jobs table.
 
 What they look at comes from one read-only transaction (`Store.health_report`); on MySQL
 and PostgreSQL the server's own catalog names the transactions held open and the sessions
@@ -24,9 +25,15 @@ from batchjob.diagnosis.check import (
     warn,
 )
 from batchjob.store.health import LONG_TRANSACTION_SECONDS
+from batchjob.store.schema import jobs
 
 # Below this the server drops the idle connection of an ordinary script ("server has gone away").
 SHORT_WAIT_TIMEOUT_SECONDS = 300
+# Dead rows in the jobs table worth a vacuum: 24,000 took a claim from 1.3 to 1.9-3.0 ms on
+# the bench machine (docs/benchmarks.md, tenth round).
+MANY_DEAD_ROWS = 10_000
+# How PostgreSQL spells a boolean storage parameter turned off.
+_OFF = frozenset({"off", "false", "f", "no", "n", "0"})
 
 
 def check_database(facts: Facts) -> Finding:
@@ -144,6 +151,49 @@ def check_lock_waits(facts: Facts) -> Finding:
         first_few(described),
         f"end the blocking transaction, or {_kill_command(db['kind'], rows[0]['blocking_id'])}",
         lock_waits=rows,
+    )
+
+
+def check_vacuum(facts: Facts) -> Finding:
+    db = database_report(facts)
+    if db["kind"] != "postgresql":
+        raise NotChecked(
+            f"{db['kind']} removes deleted rows itself; PostgreSQL leaves them to VACUUM"
+        )
+    if "vacuum" in db["catalog_errors"]:
+        raise NotChecked(
+            f"cannot read the jobs table's statistics: {db['catalog_errors']['vacuum']}"
+        )
+    if not db["vacuum"]:
+        raise NotChecked(f"no {jobs.name} table yet: run `batchjob init`")
+    row = db["vacuum"][0]
+    dead, live = row["dead_rows"], row["live_rows"]
+    last = row["last_vacuum"]
+    vacuumed = f"last vacuumed {last.isoformat(timespec='seconds')}" if last else "never vacuumed"
+    figures = {**row, "last_vacuum": last.isoformat() if last else None}
+    causes, fixes = [], []
+    if row["server_autovacuum"] != "on":
+        causes.append("autovacuum is off on this server")
+        fixes.append(
+            "set autovacuum = on in postgresql.conf and SELECT pg_reload_conf(), or VACUUM "
+            f"{jobs.name} regularly (a cron job, a systemd timer)"
+        )
+    if str(row["table_autovacuum"]).lower() in _OFF:
+        causes.append(f"autovacuum is off for {jobs.name}")
+        fixes.append(f"ALTER TABLE {jobs.name} RESET (autovacuum_enabled)")
+    if dead >= MANY_DEAD_ROWS and dead > live:
+        causes.append(f"{jobs.name} holds {dead} dead rows against {live} live ({vacuumed})")
+        fixes.append(f"VACUUM (ANALYZE) {jobs.name} now")
+    if not causes:
+        return ok(
+            f"autovacuum is on for {jobs.name}: {live} live rows, {dead} dead ({vacuumed})",
+            **figures,
+        )
+    return warn(
+        f"{'; '.join(causes)}: every claim steps over the dead rows of the jobs claimed, "
+        f"finished and deleted before it ({dead} now), and slows as they pile up",
+        "; ".join(fixes),
+        **figures,
     )
 
 

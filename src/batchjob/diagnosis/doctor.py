@@ -29,6 +29,7 @@ from batchjob.diagnosis.checks_database import (
     check_database,
     check_lock_waits,
     check_long_transactions,
+    check_vacuum,
     check_wait_timeout,
 )
 from batchjob.diagnosis.checks_host import (
@@ -98,6 +99,7 @@ CHECKS: tuple[tuple[str, Callable[[Facts], Finding]], ...] = (
     ("wait-timeout", check_wait_timeout),
     ("long-transactions", check_long_transactions),
     ("lock-waits", check_lock_waits),
+    ("vacuum", check_vacuum),
     ("workers", check_workers),
     ("leases", check_leases),
     ("open-files", check_open_files),

@@ -104,6 +104,21 @@ _LOCK_WAIT_QUERIES = {
         """
     ),
 }
+# The jobs table's vacuum state. PostgreSQL keeps an updated or deleted row's old version,
+# and its index entries, until a vacuum; a claim steps over those of the jobs claimed,
+# finished and deleted before it.
+_POSTGRESQL_VACUUM = text(
+    """
+    SELECT current_setting('autovacuum') AS server_autovacuum,
+           (SELECT option_value FROM pg_options_to_table(c.reloptions)
+            WHERE option_name = 'autovacuum_enabled') AS table_autovacuum,
+           s.n_live_tup AS live_rows, s.n_dead_tup AS dead_rows,
+           GREATEST(s.last_vacuum, s.last_autovacuum) AS last_vacuum
+    FROM pg_class c
+    JOIN pg_stat_user_tables s ON s.relid = c.oid
+    WHERE c.oid = to_regclass(:table)
+    """
+)
 _LONG_TRANSACTION_QUERIES = {
     "mariadb": _MYSQL_LONG_TRANSACTIONS,
     "mysql": _MYSQL_LONG_TRANSACTIONS,
@@ -139,6 +154,13 @@ def report(connection: Connection, url: URL) -> dict[str, Any]:
             {"limit": ROW_LIMIT},
             catalog_errors,
             "lock_waits",
+        ),
+        "vacuum": _catalog(
+            connection,
+            _POSTGRESQL_VACUUM if kind == "postgresql" else None,
+            {"table": jobs.name},
+            catalog_errors,
+            "vacuum",
         ),
         "catalog_errors": catalog_errors,
         # Our own tables exist from schema version 1 on; before that there is nothing to read.
