@@ -16,16 +16,16 @@ from pathlib import Path
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 DMESG_TIMEOUT_SECONDS = 2.0
 # The counter's line in both versions' files (v2 memory.events, v1 memory.oom_control).
-_OOM_KILL_LINE = re.compile(rb"^oom_kill (\d+)$", re.MULTILINE)
+_COUNTER_LINE = re.compile(rb"^oom_kill (\d+)$", re.MULTILINE)
 
 
 def oom_kill_count() -> int | None:
     """The OOM kills counted in this process's memory cgroup (jobs share it), if readable."""
     for path in _counter_files():
         try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+            descriptor = os.open(path, os.O_RDONLY)
             try:
-                found = _OOM_KILL_LINE.search(os.read(descriptor, 4096))
+                found = _COUNTER_LINE.search(os.read(descriptor, 4096))
             finally:
                 os.close(descriptor)
         except OSError:
