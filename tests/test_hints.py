@@ -426,8 +426,7 @@ def test_an_oom_kill_is_named_by_the_cgroup_counter_where_the_kernel_log_is_clos
     closed.mkdir()
     dmesg = closed / "dmesg"
     dmesg.write_text(
-        "#!/bin/sh\necho 'dmesg: read kernel buffer failed: Operation not permitted' >&2\n"
-        "exit 1\n"
+        "#!/bin/sh\necho 'dmesg: read kernel buffer failed: Operation not permitted' >&2\nexit 1\n"
     )
     dmesg.chmod(0o755)
     job = queue.enqueue([PYTHON, str(JOBS / "hold_memory.py"), "600", "10"])
