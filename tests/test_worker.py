@@ -449,6 +449,24 @@ def test_sighup_reopens_the_worker_log(workers: Workers, queue: Queue) -> None:
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_job_logs_removed_under_a_running_worker_are_made_again(
+    workers: Workers, queue: Queue
+) -> None:
+    """An operator's `rm -rf logs/jobs` (a cleanup, a logrotate rule) while the worker runs:
+    the next job's log is made again with its directory, and its output kept."""
+    workers.start()
+    jobs_dir = workers.directory / "logs" / "jobs"
+    first = queue.enqueue(["sh", "-c", "echo first"])
+    wait_until(lambda: queue.get(first.id).status == JobStatus.COMPLETED)
+    shutil.rmtree(jobs_dir)
+    second = queue.enqueue(["sh", "-c", "echo 第六竹石"])
+    stored = wait_until(lambda: (job := queue.get(second.id)).status.is_finished and job)
+    assert stored.status == JobStatus.COMPLETED
+    assert Path(stored.log_path or "").parent == jobs_dir
+    assert " out  | 第六竹石\n" in Path(stored.log_path or "").read_text(encoding="utf-8")
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
 def test_claiming_pauses_while_the_log_disk_is_nearly_full(
     workers: Workers, queue: Queue, tmp_path: Path
 ) -> None:
