@@ -78,11 +78,11 @@ def test_a_healthy_set_up_has_no_failure_and_no_warning(queue: Queue, log_dir: P
     assert [check.name for check in checks] == [name for name, _check in CHECKS]
     found = checks_by_name(checks)
     # A server configured without autovacuum (as this project's CI's) is rightly named.
-    server_setting = (
+    allowed_by_server = (
         {"vacuum"} if found["vacuum"].figures.get("server_autovacuum") == "off" else set()
     )
     findings = [check for check in checks if check.status in ("WARN", "FAIL")]
-    assert [check for check in findings if check.name not in HOST_HISTORY | server_setting] == []
+    assert [check for check in findings if check.name not in HOST_HISTORY | allowed_by_server] == []
     assert all(check.status != "FAIL" for check in checks)
     assert found["database"].status == "OK"
     assert found["database"].figures["schema_version"] >= 1
@@ -133,9 +133,8 @@ def test_a_jobs_table_postgresql_does_not_vacuum_is_named_with_the_fix(
             vacuuming.execute(text("ALTER TABLE batch_job_queue RESET (autovacuum_enabled)"))
             vacuuming.execute(text("VACUUM batch_job_queue"))
         vacuum = wait_for_vacuum(queue, lambda check: check.figures["dead_rows"] == 0)
-        assert "batch_job_queue" not in vacuum.message.split(":")[0]
         assert vacuum.figures["last_vacuum"] is not None
-        if server == "off":
+        if server == "off":  # the server's cause alone: the table's two are gone
             assert vacuum.status == "WARN"
             assert vacuum.message.startswith("autovacuum is off on this server: ")
         else:
