@@ -8,10 +8,11 @@ kernel log (`dmesg`), which names the killed pid when it is readable.
 from __future__ import annotations
 
 import functools
-import os
 import re
 import subprocess
 from pathlib import Path
+
+from batchjob.runner import watch
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 DMESG_TIMEOUT_SECONDS = 2.0
@@ -23,11 +24,7 @@ def oom_kill_count() -> int | None:
     """The OOM kills counted in this process's memory cgroup (jobs share it), if readable."""
     for path in _counter_files():
         try:
-            descriptor = os.open(path, os.O_RDONLY)
-            try:
-                found = _COUNTER_LINE.search(os.read(descriptor, 4096))
-            finally:
-                os.close(descriptor)
+            found = _COUNTER_LINE.search(watch.read_kernel_file(path))
         except OSError:
             continue
         if found is not None:

@@ -15,6 +15,7 @@ import struct
 from dataclasses import dataclass
 
 from batchjob.diagnosis.syscalls import EPOLLING, Syscall, parse_syscall, signed
+from batchjob.runner import watch
 
 _STATES = {
     "R": "running", "S": "sleeping", "D": "disk sleep", "T": "stopped", "t": "tracing stop",
@@ -49,8 +50,7 @@ class Process:
 def read_text(path: str) -> str | None:
     """The file's text, or None when it is gone or not ours to read."""
     try:
-        with open(path, "rb") as file:
-            return file.read().decode("utf-8", "replace")
+        return watch.read_kernel_file(path).decode("utf-8", "replace")
     except OSError:
         return None
 

@@ -73,7 +73,7 @@ def children(pid: int) -> list[int]:
         return found
     for thread in threads:
         try:
-            found.extend(map(int, _read_proc(f"/proc/{pid}/task/{thread}/children").split()))
+            found.extend(map(int, read_kernel_file(f"/proc/{pid}/task/{thread}/children").split()))
         except FileNotFoundError:
             continue
         except OSError:  # a kernel without CONFIG_PROC_CHILDREN: ask psutil (a full scan)
@@ -89,7 +89,7 @@ def adopted(pid: int) -> list[int]:
     adopts (the thread group's first live thread), and where no job's main process is: slot
     threads start those. One file to read at each job's end, not one per worker thread."""
     try:
-        return list(map(int, _read_proc(f"/proc/{pid}/task/{pid}/children").split()))
+        return list(map(int, read_kernel_file(f"/proc/{pid}/task/{pid}/children").split()))
     except FileNotFoundError:
         return []
     except OSError:
@@ -137,15 +137,15 @@ def job_processes(
 def _running(pid: int) -> bool:
     """Alive and not a zombie, read from /proc/<pid>/stat without building a psutil object."""
     try:
-        state = _read_proc(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()[0]
+        state = read_kernel_file(f"/proc/{pid}/stat").rsplit(b")", 1)[1].split()[0]
     except (OSError, IndexError):
         return False
     return state not in (b"Z", b"X")
 
 
-def _read_proc(path: str) -> bytes:
-    """A /proc file's whole text by plain reads: a buffered `open` makes four more system
-    calls, and these are read at every job's end."""
+def read_kernel_file(path: str) -> bytes:
+    """A /proc or /sys file's whole content by plain reads: a buffered `open` makes five
+    more system calls (two fstat, an ioctl, two lseek), and some are read at every job."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
         chunks = []
