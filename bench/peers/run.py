@@ -64,6 +64,7 @@ PEERS: dict[str, tuple[str, str]] = {
     "batchjob-sqlite": ("batchjob_peer", "BatchjobSqlitePeer"),
     "batchjob-mariadb": ("batchjob_peer", "BatchjobMariadbPeer"),
     "batchjob-postgresql": ("batchjob_peer", "BatchjobPostgresqlPeer"),
+    "floor-sqlite": ("floor_peer", "FloorSqlitePeer"),
 }
 PYTHON_PASS = [sys._base_executable, "-c", "pass"]  # the interpreter itself, not a pyenv shim
 BIN_TRUE = ["/bin/true"]
