@@ -34,7 +34,7 @@ BENCH_OUT ?= bench/results
 bench: $(STAMP)
 	mkdir -p $(BENCH_OUT)
 	$(BIN)/python bench/peers/run.py --jobs 2000 \
-		--peers floor-sqlite,batchjob-sqlite,batchjob-mariadb,batchjob-postgresql \
+		--peers floor-sqlite,batchjob-sqlite,floor-mariadb,batchjob-mariadb,floor-postgresql,batchjob-postgresql \
 		--json $(BENCH_OUT)/batchjob-as-a-peer.json
 	$(BIN)/python -m bench.suite --json $(BENCH_OUT)/suite.json
 

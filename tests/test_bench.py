@@ -34,19 +34,22 @@ def test_the_suite_measures_each_figure_against_its_baseline(tmp_path: Path) -> 
     assert 2 <= reporting["row_updates"] <= 2 + 2 * ticks
 
 
-def test_the_floor_runs_every_job_once_through_the_peers_harness(tmp_path: Path) -> None:
-    """`make bench` measures batchjob against the floor in the same run: the floor must work."""
+def test_the_floors_run_every_job_once_through_the_peers_harness(tmp_path: Path) -> None:
+    """`make bench` measures batchjob against the floor in the same run: the floors must work."""
     report = tmp_path / "floor.json"
+    peers = "floor-sqlite,floor-mariadb,floor-postgresql"
     done = subprocess.run(
-        [sys.executable, "bench/peers/run.py", "--peers", "floor-sqlite", "--jobs", "20",
+        [sys.executable, "bench/peers/run.py", "--peers", peers, "--jobs", "20",
          "--enqueue-jobs", "50", "--bulk-jobs", "200", "--latency-jobs", "5",
          "--pg-database", "bench_peers_smoke", "--json", str(report)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    (row,) = json.loads(report.read_text())["peers"]
-    assert row["errors"] == {} and "error" not in row
-    for label in ("python", "true"):
-        assert row[label]["ratio"] > 0 and row[label]["most_at_once"] == 2
-    assert row["enqueue_per_s"] > 0 and row["enqueue_bulk_per_s"] > 0
-    assert row["idle_rss_mib"] > 0 and row["latency_p50_ms"] > 0
+    rows = json.loads(report.read_text())["peers"]
+    assert [row["peer"] for row in rows] == peers.split(",")
+    for row in rows:
+        assert row["errors"] == {} and "error" not in row, row
+        for label in ("python", "true"):
+            assert row[label]["ratio"] > 0 and row[label]["most_at_once"] == 2
+        assert row["enqueue_per_s"] > 0 and row["enqueue_bulk_per_s"] > 0
+        assert row["idle_rss_mib"] > 0 and row["latency_p50_ms"] > 0

@@ -4,9 +4,10 @@ Not a product: a worker of a hundred lines that does, for each job, what batchjo
 and no more, so that `make bench` can say how much of batchjob's cost per job is its own
 code rather than the contract (the bare loop says what the spawn itself costs):
 
-- one durable SQLite transaction per job (WAL, synchronous=NORMAL, as batchjob's): the last
-  job's outcome, fenced by its lease token, its evidence as an event row, and the next
-  claim with a new lease;
+- one durable transaction per job, on SQLite (WAL, synchronous=NORMAL, as batchjob's),
+  MariaDB or PostgreSQL (READ COMMITTED, their default durable commits, as batchjob's):
+  the last job's outcome, fenced by its lease token, its evidence as an event row, and the
+  next claim with a new lease (SKIP LOCKED on the servers) and its event;
 - a private TMPDIR made and removed, the job's own log file, stdin /dev/null, stdout,
   stderr and a progress pipe drained on epoll, its own session, an environment built for
   it, no worker descriptor inherited (close_fds);
@@ -17,7 +18,7 @@ Absent, as they cost a short job nothing in batchjob either: lease renewal, stal
 sampling, a guardian. The idle worker polls every 2 ms (no wake-up), so its start latency
 is no floor; its idle RSS is Python's and sqlite3's.
 
-    python floor_peer.py DATABASE LOG_DIR     # the worker, until SIGTERM
+    python floor_peer.py sqlite|mariadb|postgresql TARGET LOG_DIR   # the worker, until SIGTERM
 """
 
 from __future__ import annotations
@@ -35,93 +36,248 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from common import JobSpec, Peer, Record, scratch
+from common import JobSpec, Peer, Record, postgres_dsn, scratch
 
 LEASE_SECONDS = 60.0
 IDLE_POLL_SECONDS = 0.002
-SCHEMA = (
-    "CREATE TABLE IF NOT EXISTS jobs (id INTEGER PRIMARY KEY, status TEXT NOT NULL,"
-    " command TEXT NOT NULL, marker TEXT, job_index INTEGER, lease_token TEXT,"
-    " lease_expires REAL, worker TEXT, started REAL, ended REAL, exit_code INTEGER)",
-    "CREATE INDEX IF NOT EXISTS jobs_due ON jobs (status, id)",
-    "CREATE TABLE IF NOT EXISTS events (id INTEGER PRIMARY KEY, job_id INTEGER NOT NULL,"
-    " kind TEXT NOT NULL, at REAL NOT NULL, data TEXT)",
-    "CREATE INDEX IF NOT EXISTS events_job ON events (job_id, id)",
-)
-CLAIM = (
-    "UPDATE jobs SET status = 'running', lease_token = ?, lease_expires = ?, worker = ?,"
-    " started = ? WHERE id = (SELECT id FROM jobs WHERE status = 'pending' ORDER BY id LIMIT 1)"
-    " RETURNING id, command, lease_token"
-)
+MARIADB_ADMIN = os.environ.get("BENCH_MARIADB_ADMIN_URL", "mysql://root@127.0.0.1:3306/")
+MARIADB_DATABASE = "bench_floor"
 FINISH = (
-    "UPDATE jobs SET status = ?, ended = ?, exit_code = ?, lease_token = NULL"
+    "UPDATE floor_jobs SET status = ?, ended = ?, exit_code = ?, lease_token = NULL"
     " WHERE id = ? AND lease_token = ? AND status = 'running'"
 )
-EVENT = "INSERT INTO events (job_id, kind, at, data) VALUES (?, ?, ?, ?)"
+EVENT = "INSERT INTO floor_events (job_id, kind, at, data) VALUES (?, ?, ?, ?)"
+ENQUEUE = "INSERT INTO floor_jobs (status, command, marker, job_index) VALUES ('pending', ?, ?, ?)"
+LEASE = "SET status = 'running', lease_token = ?, lease_expires = ?, worker = ?, started = ?"
+NEXT_DUE = "SELECT id FROM floor_jobs WHERE status = 'pending' ORDER BY id LIMIT 1"
 
 
-def connect(database: str) -> sqlite3.Connection:
-    connection = sqlite3.connect(database, isolation_level=None, timeout=30)
-    connection.execute("PRAGMA journal_mode=WAL")
-    connection.execute("PRAGMA synchronous=NORMAL")
-    return connection
+class Database:
+    """How the floor talks to one database: the shortest way its driver allows."""
+
+    name = ""
+    paramstyle = "?"
+    schema: tuple[str, ...] = ()
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+
+    def connect(self, autocommit: bool = False) -> Any:
+        raise NotImplementedError
+
+    def sql(self, statement: str) -> str:
+        return statement.replace("?", self.paramstyle)
+
+    def begin(self, connection: Any) -> None:
+        """Start a write transaction (the servers' drivers start one by themselves)."""
+
+    def claim(self, cursor: Any, lease: tuple[str, float, str, float]) -> Any:
+        """Lease the next due job: (id, command, lease token), or None."""
+        cursor.execute(
+            self.sql(f"UPDATE floor_jobs {LEASE} WHERE id = ({NEXT_DUE}{self.skip_locked})"
+                     " RETURNING id, command, lease_token"),
+            lease,
+        )  # fmt: skip
+        return cursor.fetchone()
+
+    skip_locked = ""
+
+    def empty(self, cursor: Any) -> None:
+        cursor.execute("TRUNCATE floor_events")
+        cursor.execute("TRUNCATE floor_jobs")
 
 
-class FloorSqlitePeer(Peer):
-    name = "floor-sqlite"
+class Sqlite(Database):
+    name = "sqlite"
+    schema = (
+        "CREATE TABLE IF NOT EXISTS floor_jobs (id INTEGER PRIMARY KEY, status TEXT NOT NULL,"
+        " command TEXT NOT NULL, marker TEXT, job_index INTEGER, lease_token TEXT,"
+        " lease_expires REAL, worker TEXT, started REAL, ended REAL, exit_code INTEGER)",
+        "CREATE INDEX IF NOT EXISTS floor_jobs_due ON floor_jobs (status, id)",
+        "CREATE TABLE IF NOT EXISTS floor_events (id INTEGER PRIMARY KEY,"
+        " job_id INTEGER NOT NULL, kind TEXT NOT NULL, at REAL NOT NULL, data TEXT)",
+        "CREATE INDEX IF NOT EXISTS floor_events_job ON floor_events (job_id, id)",
+    )
+
+    def connect(self, autocommit: bool = False) -> sqlite3.Connection:
+        connection = sqlite3.connect(self.target, isolation_level=None, timeout=30)
+        connection.execute("PRAGMA journal_mode=WAL")
+        connection.execute("PRAGMA synchronous=NORMAL")
+        return connection
+
+    def begin(self, connection: Any) -> None:
+        connection.execute("BEGIN IMMEDIATE")
+
+    def empty(self, cursor: Any) -> None:
+        cursor.execute("DELETE FROM floor_events")
+        cursor.execute("DELETE FROM floor_jobs")
+
+
+class Postgresql(Database):
+    name = "postgresql"
+    paramstyle = "%s"
+    skip_locked = " FOR UPDATE SKIP LOCKED"
+    schema = (
+        "CREATE TABLE IF NOT EXISTS floor_jobs (id BIGSERIAL PRIMARY KEY, status TEXT NOT NULL,"
+        " command TEXT NOT NULL, marker TEXT, job_index INTEGER, lease_token TEXT,"
+        " lease_expires DOUBLE PRECISION, worker TEXT, started DOUBLE PRECISION,"
+        " ended DOUBLE PRECISION, exit_code INTEGER)",
+        "CREATE INDEX IF NOT EXISTS floor_jobs_due ON floor_jobs (status, id)",
+        "CREATE TABLE IF NOT EXISTS floor_events (id BIGSERIAL PRIMARY KEY,"
+        " job_id BIGINT NOT NULL, kind TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, data TEXT)",
+        "CREATE INDEX IF NOT EXISTS floor_events_job ON floor_events (job_id, id)",
+    )
+
+    def connect(self, autocommit: bool = False) -> Any:
+        import psycopg
+
+        return psycopg.connect(self.target, autocommit=autocommit)
+
+
+class Mariadb(Database):
+    """No UPDATE ... RETURNING in MariaDB 10.11: the claim locks its row, then leases it."""
+
+    name = "mariadb"
+    paramstyle = "%s"
+    schema = (
+        "CREATE TABLE IF NOT EXISTS floor_jobs (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
+        " status VARCHAR(16) NOT NULL, command TEXT NOT NULL, marker VARCHAR(255),"
+        " job_index INTEGER, lease_token VARCHAR(32), lease_expires DOUBLE, worker TEXT,"
+        " started DOUBLE, ended DOUBLE, exit_code INTEGER, KEY floor_jobs_due (status, id))"
+        " ENGINE=InnoDB",
+        "CREATE TABLE IF NOT EXISTS floor_events (id BIGINT AUTO_INCREMENT PRIMARY KEY,"
+        " job_id BIGINT NOT NULL, kind VARCHAR(32) NOT NULL, at DOUBLE NOT NULL, data TEXT,"
+        " KEY floor_events_job (job_id, id)) ENGINE=InnoDB",
+    )
+
+    def connect(self, autocommit: bool = False) -> Any:
+        import MySQLdb
+
+        server = urlsplit(MARIADB_ADMIN)
+        connection = MySQLdb.connect(
+            host=server.hostname or "127.0.0.1",
+            port=server.port or 3306,
+            user=server.username or "root",
+            password=server.password or "",
+            database=self.target,
+            autocommit=autocommit,
+        )
+        connection.cursor().execute("SET SESSION TRANSACTION ISOLATION LEVEL READ COMMITTED")
+        return connection
+
+    def claim(self, cursor: Any, lease: tuple[str, float, str, float]) -> Any:
+        cursor.execute(
+            "SELECT id, command FROM floor_jobs WHERE status = 'pending'"
+            " ORDER BY id LIMIT 1 FOR UPDATE SKIP LOCKED"
+        )
+        due = cursor.fetchone()
+        if due is None:
+            return None
+        cursor.execute(self.sql(f"UPDATE floor_jobs {LEASE} WHERE id = ?"), (*lease, due[0]))
+        return (*due, lease[0])
+
+
+class FloorPeer(Peer):
     package = "batchjob"  # the version reported: the floor is batchjob's contract
-    broker = "sqlite"
     has_bulk = True
     slots = "2 threads of one process, as batchjob's (the contract's floor, not a product)"
 
     def __init__(self) -> None:
-        self.database = str(scratch() / "floor.db")
-        self.connection: sqlite3.Connection | None = None
+        self.database = self.make_database()
+        self.connection: Any = None
+
+    def make_database(self) -> Database:
+        raise NotImplementedError
 
     def setup(self) -> None:
         scratch().mkdir(parents=True, exist_ok=True)
-        self.connection = connect(self.database)
-        for statement in SCHEMA:
-            self.connection.execute(statement)
-
-    def _db(self) -> sqlite3.Connection:
-        assert self.connection is not None
-        return self.connection
+        self.connection = self.database.connect(autocommit=True)
+        cursor = self.connection.cursor()
+        for statement in self.database.schema:
+            cursor.execute(statement)
 
     def reset(self) -> None:
-        self._db().execute("DELETE FROM events")
-        self._db().execute("DELETE FROM jobs")
+        self.database.empty(self.connection.cursor())
 
     def enqueue(self, job: JobSpec) -> None:
-        self._db().execute(
-            "INSERT INTO jobs (status, command, marker, job_index) VALUES ('pending', ?, ?, ?)",
-            (json.dumps(job.command or ["/bin/true"]), job.marker, job.index),
-        )
+        self.connection.cursor().execute(self.database.sql(ENQUEUE), _row(job))
 
     def enqueue_bulk(self, jobs: list[JobSpec]) -> None:
-        db = self._db()
-        db.execute("BEGIN")
-        db.executemany(
-            "INSERT INTO jobs (status, command, marker, job_index) VALUES ('pending', ?, ?, ?)",
-            [(json.dumps(job.command or ["/bin/true"]), job.marker, job.index) for job in jobs],
-        )
-        db.execute("COMMIT")
+        cursor = self.connection.cursor()
+        cursor.execute("BEGIN")
+        cursor.executemany(self.database.sql(ENQUEUE), [_row(job) for job in jobs])
+        cursor.execute("COMMIT")
 
     def records(self, marker: Path) -> list[Record]:
         """Start: the claim; end: the recorded outcome (batchjob's peer reads the same)."""
-        rows = self._db().execute(
-            "SELECT job_index, started, ended FROM jobs WHERE marker = ? AND status = 'done'",
+        cursor = self.connection.cursor()
+        cursor.execute(
+            self.database.sql(
+                "SELECT job_index, started, ended FROM floor_jobs"
+                " WHERE marker = ? AND status = 'done'"
+            ),
             (str(marker),),
         )
-        return [Record(index, started, ended) for index, started, ended in rows]
+        return [Record(index, started, ended) for index, started, ended in cursor.fetchall()]
 
     def worker_argv(self) -> list[str]:
-        return [sys.executable, __file__, self.database, str(scratch() / "floor-logs")]
+        logs = scratch() / f"{self.name}-logs"
+        return [sys.executable, __file__, self.database.name, self.database.target, str(logs)]
 
     def close(self) -> None:
         if self.connection is not None:
             self.connection.close()
+
+
+def _row(job: JobSpec) -> tuple[str, str, int]:
+    return json.dumps(job.command or ["/bin/true"]), job.marker, job.index
+
+
+class FloorSqlitePeer(FloorPeer):
+    name = "floor-sqlite"
+    broker = "sqlite"
+
+    def make_database(self) -> Database:
+        return Sqlite(str(scratch() / "floor.db"))
+
+
+class FloorPostgresqlPeer(FloorPeer):
+    """In run.py's PostgreSQL database, which it creates and drops."""
+
+    name = "floor-postgresql"
+    broker = "postgresql"
+
+    def make_database(self) -> Database:
+        return Postgresql(postgres_dsn())
+
+
+class FloorMariadbPeer(FloorPeer):
+    """On a database of its own, created here and dropped by close()."""
+
+    name = "floor-mariadb"
+    broker = "mariadb"
+
+    def make_database(self) -> Database:
+        return Mariadb(MARIADB_DATABASE)
+
+    def setup(self) -> None:
+        self._admin(f"DROP DATABASE IF EXISTS {MARIADB_DATABASE}")
+        self._admin(f"CREATE DATABASE {MARIADB_DATABASE}")
+        super().setup()
+
+    def close(self) -> None:
+        super().close()
+        self._admin(f"DROP DATABASE IF EXISTS {MARIADB_DATABASE}")
+
+    def _admin(self, statement: str) -> None:
+        connection = Mariadb("mysql").connect(autocommit=True)
+        try:
+            connection.cursor().execute(statement)
+        finally:
+            connection.close()
 
 
 PEER = FloorSqlitePeer
@@ -131,7 +287,7 @@ PEER = FloorSqlitePeer
 
 
 class Worker:
-    def __init__(self, database: str, log_dir: Path) -> None:
+    def __init__(self, database: Database, log_dir: Path) -> None:
         self.database = database
         self.jobs_dir = log_dir / "jobs"
         self.tmp_root = log_dir / "tmp"
@@ -166,27 +322,31 @@ class Worker:
         }
 
     def slot(self) -> None:
-        db = connect(self.database)
+        database = self.database
+        connection = database.connect()
+        cursor = connection.cursor()
+        finish, event = database.sql(FINISH), database.sql(EVENT)
         finished: tuple[int, str, int, str] | None = None
         while True:
-            db.execute("BEGIN IMMEDIATE")
+            database.begin(connection)
             now = time.time()
             if finished is not None:
                 job_id, token, exit_code, evidence = finished
                 status = "done" if exit_code == 0 else "failed"
-                db.execute(FINISH, (status, now, exit_code, job_id, token))
-                db.execute(EVENT, (job_id, "attempt", now, evidence))
+                cursor.execute(finish, (status, now, exit_code, job_id, token))
+                cursor.execute(event, (job_id, "attempt", now, evidence))
             claimed = None
             if not self.stopping.is_set():
-                token = os.urandom(16).hex()
-                claimed = db.execute(CLAIM, (token, now + LEASE_SECONDS, self.name, now)).fetchone()
+                lease = (os.urandom(16).hex(), now + LEASE_SECONDS, self.name, now)
+                claimed = database.claim(cursor, lease)
                 if claimed is not None:
-                    db.execute(EVENT, (claimed[0], "claimed", now, None))
-            db.execute("COMMIT")
+                    cursor.execute(event, (claimed[0], "claimed", now, None))
+            connection.commit()
             finished = None
             if claimed is not None:
                 finished = self.run(*claimed)
             elif self.stopping.wait(IDLE_POLL_SECONDS):
+                connection.close()
                 return
 
     def run(self, job_id: int, command: str, token: str) -> tuple[int, str, int, str]:
@@ -254,7 +414,13 @@ class Worker:
 
 
 def main() -> None:
-    worker = Worker(sys.argv[1], Path(sys.argv[2]))
+    kind, target, log_dir = sys.argv[1:4]
+    databases: dict[str, type[Database]] = {
+        "sqlite": Sqlite,
+        "mariadb": Mariadb,
+        "postgresql": Postgresql,
+    }
+    worker = Worker(databases[kind](target), Path(log_dir))
     signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
     slots = [threading.Thread(target=worker.slot) for _ in range(2)]
     for slot in slots:

@@ -65,6 +65,8 @@ PEERS: dict[str, tuple[str, str]] = {
     "batchjob-mariadb": ("batchjob_peer", "BatchjobMariadbPeer"),
     "batchjob-postgresql": ("batchjob_peer", "BatchjobPostgresqlPeer"),
     "floor-sqlite": ("floor_peer", "FloorSqlitePeer"),
+    "floor-mariadb": ("floor_peer", "FloorMariadbPeer"),
+    "floor-postgresql": ("floor_peer", "FloorPostgresqlPeer"),
 }
 PYTHON_PASS = [sys._base_executable, "-c", "pass"]  # the interpreter itself, not a pyenv shim
 BIN_TRUE = ["/bin/true"]
