@@ -10,13 +10,12 @@ process printed, read back from the job's log, so batchjob's latency includes it
 
 from __future__ import annotations
 
-import os
 import sys
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from common import JobSpec, Peer, Record, postgres_dsn, scratch
+from common import JobSpec, Peer, Record, mariadb_admin_url, postgres_dsn, scratch
 from sqlalchemy import Engine, create_engine, delete, func, select, text
 
 from batchjob import Queue
@@ -25,7 +24,6 @@ from batchjob.store.schema import events, jobs
 
 BATCHJOB = str(Path(sys.executable).with_name("batchjob"))
 PRINT_START = ["/bin/date", "+%s.%N"]
-MARIADB_ADMIN = os.environ.get("BENCH_MARIADB_ADMIN_URL", "mysql://root@127.0.0.1:3306/")
 MARIADB_DATABASE = "bench_peers"
 
 
@@ -152,10 +150,10 @@ class BatchjobMariadbPeer(BatchjobPeer):
     broker = "mariadb"
 
     def database_url(self) -> str:
-        return f"{MARIADB_ADMIN}{MARIADB_DATABASE}?charset=utf8mb4"
+        return f"{mariadb_admin_url()}{MARIADB_DATABASE}?charset=utf8mb4"
 
     def setup(self) -> None:
-        admin = create_engine(MARIADB_ADMIN)
+        admin = create_engine(mariadb_admin_url())
         with admin.begin() as connection:
             connection.execute(text(f"DROP DATABASE IF EXISTS {MARIADB_DATABASE}"))
             connection.execute(text(f"CREATE DATABASE {MARIADB_DATABASE}"))
@@ -164,7 +162,7 @@ class BatchjobMariadbPeer(BatchjobPeer):
 
     def close(self) -> None:
         super().close()
-        admin = create_engine(MARIADB_ADMIN)
+        admin = create_engine(mariadb_admin_url())
         with admin.begin() as connection:
             connection.execute(text(f"DROP DATABASE IF EXISTS {MARIADB_DATABASE}"))
         admin.dispose()

@@ -31,6 +31,11 @@ def postgres_dsn() -> str:
     return os.environ.get("BENCH_PEERS_PG_DSN", "postgresql://postgres@127.0.0.1:5432/bench_peers")
 
 
+def mariadb_admin_url() -> str:
+    """The MariaDB server's URL with no database: peers create and drop their own there."""
+    return os.environ.get("BENCH_MARIADB_ADMIN_URL", "mysql://root@127.0.0.1:3306/")
+
+
 def scratch() -> Path:
     return Path(os.environ.get("BENCH_PEERS_SCRATCH", "/tmp/bench-peers"))
 

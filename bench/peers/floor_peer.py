@@ -1,6 +1,6 @@
 """The floor: batchjob's per-job contract written the shortest way, in the same Python.
 
-Not a product: a worker of a hundred lines that does, for each job, what batchjob promises
+Not a product: a worker of some 130 lines that does, for each job, what batchjob promises
 and no more, so that `make bench` can say how much of batchjob's cost per job is its own
 code rather than the contract (the bare loop says what the spawn itself costs):
 
@@ -16,7 +16,7 @@ code rather than the contract (the bare loop says what the spawn itself costs):
 
 Absent, as they cost a short job nothing in batchjob either: lease renewal, stall and peak
 sampling, a guardian. The idle worker polls every 2 ms (no wake-up), so its start latency
-is no floor; its idle RSS is Python's and sqlite3's.
+is no floor; its idle RSS is Python's and its driver's.
 
     python floor_peer.py sqlite|mariadb|postgresql TARGET LOG_DIR   # the worker, until SIGTERM
 """
@@ -39,11 +39,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from common import JobSpec, Peer, Record, postgres_dsn, scratch
+from common import JobSpec, Peer, Record, mariadb_admin_url, postgres_dsn, scratch
 
 LEASE_SECONDS = 60.0
 IDLE_POLL_SECONDS = 0.002
-MARIADB_ADMIN = os.environ.get("BENCH_MARIADB_ADMIN_URL", "mysql://root@127.0.0.1:3306/")
 MARIADB_DATABASE = "bench_floor"
 FINISH = (
     "UPDATE floor_jobs SET status = ?, ended = ?, exit_code = ?, lease_token = NULL"
@@ -60,6 +59,7 @@ class Database:
 
     name = ""
     paramstyle = "?"
+    skip_locked = ""
     schema: tuple[str, ...] = ()
 
     def __init__(self, target: str) -> None:
@@ -82,8 +82,6 @@ class Database:
             lease,
         )  # fmt: skip
         return cursor.fetchone()
-
-    skip_locked = ""
 
     def empty(self, cursor: Any) -> None:
         cursor.execute("TRUNCATE floor_events")
@@ -156,7 +154,7 @@ class Mariadb(Database):
     def connect(self, autocommit: bool = False) -> Any:
         import MySQLdb
 
-        server = urlsplit(MARIADB_ADMIN)
+        server = urlsplit(mariadb_admin_url())
         connection = MySQLdb.connect(
             host=server.hostname or "127.0.0.1",
             port=server.port or 3306,
