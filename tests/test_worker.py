@@ -82,8 +82,7 @@ def test_burst_worker_runs_jobs_and_logs_each_step(workers: Workers, queue: Queu
 
     worker_log = workers.worker_log()
     for job in (done, failing, missing):
-        for action in ("claimed", "started"):
-            assert f"action={action} job_id={job.id} " in worker_log
+        assert f"action=started job_id={job.id} attempt=1/1 queue=default worker_id=" in worker_log
     assert f"action=completed job_id={done.id} duration=" in worker_log
     assert f"action=failed job_id={failing.id} duration=" in worker_log
     assert "reason=exit_code" in worker_log

@@ -76,18 +76,20 @@ class RunControl:
         """Monotonic time at which the job's lease is given up: the runner kills the job then,
         whatever the thread that renews leases is doing (stuck in a database call, say)."""
         self.on_fenced: Callable[[], None] = lambda: None
-        self._stop = threading.Event()
+        # A lock, not an Event: nothing waits for the request, and an Event's Condition cost
+        # 2 % of a worker's GIL time on /bin/true jobs (one RunControl a job).
+        self._stop_lock = threading.Lock()
         self.stop_reason: StopReason | None = None
 
     def request_stop(self, reason: StopReason) -> None:
         """Thread-safe; the first reason wins."""
-        if not self._stop.is_set():
-            self.stop_reason = reason
-            self._stop.set()
+        with self._stop_lock:
+            if self.stop_reason is None:
+                self.stop_reason = reason
 
     @property
     def stop_requested(self) -> bool:
-        return self._stop.is_set()
+        return self.stop_reason is not None
 
 
 @dataclass(frozen=True)

@@ -76,10 +76,14 @@ def execute(claimed: ClaimedJob, context: SlotContext, tmp: PrivateTmp) -> Claim
 
     control.on_started = on_started
     # Stall changes are written off the pump, one after the other in the order they happen
-    # (a diagnosis with py-spy may take seconds; "moving again" must not overtake it).
-    stall_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stall-{job.id}")
+    # (a diagnosis with py-spy may take seconds; "moving again" must not overtake it). Made
+    # at the first: most jobs never stall.
+    stall_writer: ThreadPoolExecutor | None = None
 
     def on_stall(stalled: bool, idle: float, pids: list[int]) -> None:
+        nonlocal stall_writer
+        if stall_writer is None:
+            stall_writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"stall-{job.id}")
         stall_writer.submit(_stall_changed, context, claimed, stalled, idle, pids)
 
     control.on_stall = on_stall
@@ -105,15 +109,16 @@ def execute(claimed: ClaimedJob, context: SlotContext, tmp: PrivateTmp) -> Claim
         tmp=tmp,
     )
     log.info(
-        "action=started job_id=%d attempt=%d/%d queue=%s log=%s",
-        job.id, job.attempt, job.max_attempts, job.queue, log_path,
+        "action=started job_id=%d attempt=%d/%d queue=%s worker_id=%s log=%s",
+        job.id, job.attempt, job.max_attempts, job.queue, context.worker_id, log_path,
     )  # fmt: skip
     try:
         result = run(spec, control)
     finally:
         context.keeper.untrack(lease)
         context.guardian.job_ended(job.id)
-        stall_writer.shutdown(wait=True)  # its writes are fenced: before the outcome's
+        if stall_writer is not None:
+            stall_writer.shutdown(wait=True)  # its writes are fenced: before the outcome's
     return _record(claimed, result, tracked, context, oom_kills_before)
 
 

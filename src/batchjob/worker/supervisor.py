@@ -196,10 +196,6 @@ class Worker:
             try:
                 while current is not None:
                     self._slots[threading.current_thread()] = current
-                    log.info(
-                        "action=claimed job_id=%d attempt=%d worker_id=%s",
-                        current.job.id, current.job.attempt, self.worker_id,
-                    )  # fmt: skip
                     try:
                         following = execute(current, context, tmp)
                     except Exception:
@@ -340,7 +336,7 @@ class Worker:
 
 class _SecondsFormatter(logging.Formatter):
     """Formats a second's time once: its lines show no finer time, and a worker writes
-    three lines a job. Called with its handler's lock held, so one thread at a time."""
+    two lines a job. Called with its handler's lock held, so one thread at a time."""
 
     _second = -1
     _formatted = ""
@@ -355,7 +351,7 @@ class _SecondsFormatter(logging.Formatter):
 def _skip_unlogged_record_fields() -> None:
     """Records without their caller, thread and process: the worker's formats show none.
 
-    The logging HOWTO's optimisations; three lines a job, each then skips a walk up the
+    The logging HOWTO's optimisations; two lines a job, each then skips a walk up the
     stack, a thread lookup and a getpid() call.
     """
     logging._srcfile = None  # the documented switch (logging HOWTO, Optimization)
