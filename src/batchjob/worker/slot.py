@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TypeVar
 
 from batchjob.config import Settings
@@ -51,6 +52,9 @@ class SlotContext:
     outage: Outage
     next_claim: Callable[[], ClaimRequest | None]
     """What to claim with an outcome (None: nothing): the slot's next job, same transaction."""
+    job_log_dir: str
+    """Where job logs go, absolute: a job's log path is one string away (pathlib's joins and
+    `absolute()` for every job cost a short job's worker 2 % of its GIL time)."""
 
 
 def execute(claimed: ClaimedJob, context: SlotContext, tmp: PrivateTmp) -> ClaimedJob | None:
@@ -60,7 +64,7 @@ def execute(claimed: ClaimedJob, context: SlotContext, tmp: PrivateTmp) -> Claim
     """
     job, lease = claimed.job, claimed.lease
     settings = context.settings
-    log_path = (settings.log_dir / "jobs" / f"{job.id}.log").absolute()
+    log_file = f"{context.job_log_dir}/{job.id}.log"
     control = RunControl()
     tracked = context.keeper.track(lease, control, claimed.granted_at)
     control.on_progress = tracked.report
@@ -68,7 +72,7 @@ def execute(claimed: ClaimedJob, context: SlotContext, tmp: PrivateTmp) -> Claim
 
     def on_started(pid: int) -> None:
         nonlocal oom_kills_before
-        _started(context, tracked, job.id, pid, str(log_path))
+        _started(context, tracked, job.id, pid, log_file)
         # Read once the job runs, not before: off the way from the claim to its start. A kill
         # this count misses (the job's own, in its first microseconds) the kernel log still
         # names.
@@ -98,7 +102,7 @@ def execute(claimed: ClaimedJob, context: SlotContext, tmp: PrivateTmp) -> Claim
             base_env=context.base_env,
             worker_id=context.worker_id,
         ),
-        log_path=log_path,
+        log_path=Path(log_file),
         max_log_bytes=settings.worker.max_log_bytes,
         timeout=job.timeout,
         kill_grace=settings.worker.kill_grace,
@@ -110,7 +114,7 @@ def execute(claimed: ClaimedJob, context: SlotContext, tmp: PrivateTmp) -> Claim
     )
     log.info(
         "action=started job_id=%d attempt=%d/%d queue=%s worker_id=%s log=%s",
-        job.id, job.attempt, job.max_attempts, job.queue, context.worker_id, log_path,
+        job.id, job.attempt, job.max_attempts, job.queue, context.worker_id, log_file,
     )  # fmt: skip
     try:
         result = run(spec, control)
