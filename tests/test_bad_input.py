@@ -456,7 +456,7 @@ def run_progress_child(directory: Path, chunks: list[bytes], exit_code: int = 0)
             None,
             {"PATH": "/usr/bin:/bin"},
         ),
-        log_path=log_path,
+        log_path=str(log_path),
         max_log_bytes=64 * MiB,
         timeout=60.0,
         kill_grace=1.0,

@@ -31,7 +31,7 @@ def run_with_stall_watch(
     control = RunControl(on_stall=lambda stalled, idle, pids: changes.append((stalled, idle)))
     spec = JobSpec(
         spawn=SpawnRequest(7, 1, "q", command, {}, None, BASE_ENV),
-        log_path=tmp_path / "job.log",
+        log_path=str(tmp_path / "job.log"),
         max_log_bytes=1 << 20,
         timeout=30,
         kill_grace=1,

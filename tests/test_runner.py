@@ -69,7 +69,7 @@ def run_job(
 ) -> RunResult:
     spec = JobSpec(
         spawn=SpawnRequest(job_id, 1, "default", command, env or {}, cwd, base_env),
-        log_path=log_path or tmp_path / f"job-{job_id}.log",
+        log_path=str(log_path or tmp_path / f"job-{job_id}.log"),
         max_log_bytes=max_log_bytes,
         timeout=timeout,
         kill_grace=kill_grace,

@@ -47,7 +47,7 @@ def run_like_worker(settings: Settings, command: list[str]) -> int:
             base_env=base_env,
             worker_id=f"{socket.gethostname()}:{os.getpid()}:like-worker",
         ),
-        log_path=log_path,
+        log_path=str(log_path),
         max_log_bytes=settings.worker.max_log_bytes,
         timeout=None,
         kill_grace=settings.worker.kill_grace,

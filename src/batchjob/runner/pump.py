@@ -39,7 +39,7 @@ def _timestamp() -> bytes:
 class JobLog:
     """Writes a job's output to its log file; never raises for a disk problem."""
 
-    path: Path
+    path: str
     max_bytes: int
     disk_error: str | None = None
     left_out: int = 0
@@ -52,7 +52,7 @@ class JobLog:
         try:
             self._file = os.open(self.path, _LOG_FLAGS, 0o640)
         except FileNotFoundError:  # the first job's, or its directory was removed meanwhile
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            os.makedirs(os.path.dirname(self.path), exist_ok=True)
             self._file = os.open(self.path, _LOG_FLAGS, 0o640)
         self._head_limit = self.max_bytes // 2
         self._segment_limit = max(BLOCK, (self.max_bytes - self._head_limit) // 2)

@@ -15,7 +15,6 @@ import time
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TypeVar
 
 from batchjob.config import Settings
@@ -102,7 +101,7 @@ def execute(claimed: ClaimedJob, context: SlotContext, tmp: PrivateTmp) -> Claim
             base_env=context.base_env,
             worker_id=context.worker_id,
         ),
-        log_path=Path(log_file),
+        log_path=log_file,
         max_log_bytes=settings.worker.max_log_bytes,
         timeout=job.timeout,
         kill_grace=settings.worker.kill_grace,
