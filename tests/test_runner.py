@@ -293,6 +293,45 @@ def test_a_double_forked_daemon_holding_stdout_is_reported_and_ended_after_drain
     watch.reap_adopted()
 
 
+def test_spawns_run_side_by_side_and_the_orphan_reaper_runs_alone() -> None:
+    """The reaper must not collect a job's exit status before its spawn registered it; slots
+    need not wait for each other's spawns; a waiting reaper holds new spawns back."""
+    gate = watch.SpawnGate()
+    order: list[str] = []
+    first_in, release_first = threading.Event(), threading.Event()
+
+    def first_spawn() -> None:
+        with gate.spawning():
+            first_in.set()
+            release_first.wait(GUARD_TIMEOUT)
+            order.append("first spawn")
+
+    def entering(name: str, enter: Any) -> threading.Thread:
+        def body() -> None:
+            with enter():
+                order.append(name)
+
+        thread = threading.Thread(target=body)
+        thread.start()
+        return thread
+
+    first = threading.Thread(target=first_spawn)
+    first.start()
+    assert first_in.wait(GUARD_TIMEOUT)
+    beside = entering("spawn beside it", gate.spawning)
+    beside.join(GUARD_TIMEOUT)
+    assert not beside.is_alive() and order == ["spawn beside it"]
+    reaper = entering("reaper", gate.reaping)
+    time.sleep(0.3)
+    later = entering("later spawn", gate.spawning)
+    time.sleep(0.3)
+    assert order == ["spawn beside it"], "the reaper waits for the first spawn, the later for it"
+    release_first.set()
+    for thread in (first, reaper, later):
+        thread.join(GUARD_TIMEOUT)
+    assert order == ["spawn beside it", "first spawn", "reaper", "later spawn"]
+
+
 def test_a_job_ignoring_sigterm_is_killed_after_kill_grace_on_timeout(tmp_path: Path) -> None:
     result = run_job(tmp_path, job("ignore_term.py"), job_id=4, timeout=1.0, kill_grace=1.0)
 

@@ -154,6 +154,27 @@ def test_progress_from_a_posix_shell_reaches_the_database(workers: Workers, queu
     )
 
 
+def test_jobs_started_side_by_side_each_report_progress_on_their_own_pipe(
+    workers: Workers, queue: Queue
+) -> None:
+    """Slots start their jobs at the same time, each lending its job a reserved descriptor
+    number of its own: no job's progress reaches another's row, and dash names them all."""
+    script = (
+        'echo "{\\"message\\": \\"job $BATCH_JOB_ID on $BATCH_JOB_PROGRESS_FD\\"}"'
+        " >&$BATCH_JOB_PROGRESS_FD"
+    )
+    jobs = queue.enqueue_many([{"command": ["/bin/sh", "-c", script]} for _ in range(80)])
+    assert workers.run_burst("--concurrency", "4") == 0
+    descriptors = set()
+    for job in jobs:
+        stored = queue.get(job.id)
+        assert stored.status == JobStatus.COMPLETED, stored.error_summary
+        message = stored.progress_message or ""
+        assert message.startswith(f"job {job.id} on "), (job.id, message)
+        descriptors.add(int(message.rsplit(" ", 1)[1]))
+    assert len(descriptors) == 4 and max(descriptors) <= 9, descriptors
+
+
 def test_cancel_stops_a_running_job_and_its_children(workers: Workers, queue: Queue) -> None:
     job = queue.enqueue(["sh", "-c", "sleep 300 & sleep 300; wait"])
     worker = workers.start()

@@ -24,13 +24,13 @@ from batchjob.config import Settings
 from batchjob.diagnosis import systemctl
 from batchjob.diagnosis.checks_systemd import SYSTEMD_UNIT
 from batchjob.runner import JobSpec, RunControl, StopReason, run, watch
-from batchjob.runner.spawn import SpawnRequest, read_env_file, reserve_progress_fd
+from batchjob.runner.spawn import SpawnRequest, read_env_file, reserve_progress_fds
 
 NOT_STARTED_EXIT = 127
 
 
 def run_like_worker(settings: Settings, command: list[str]) -> int:
-    reserve_progress_fd()
+    reserve_progress_fds()
     watch.become_subreaper()
     _apply_unit_limits()
     env_file = settings.worker.env_file

@@ -155,7 +155,7 @@ def _run(spec: JobSpec, control: RunControl, tmp: PrivateTmp) -> RunResult:
     started = time.monotonic()
     result = RunResult()
     try:
-        with watch.spawn_lock:
+        with watch.spawn_gate.spawning():
             if _fenced(control, result):  # the worker was frozen between claim and start
                 log.note("[batchjob: the job's lease ran out before it could start]")
                 log.close()

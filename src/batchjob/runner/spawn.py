@@ -11,7 +11,9 @@ from __future__ import annotations
 import functools
 import os
 import pwd
+import queue
 import subprocess
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,27 +34,38 @@ ALWAYS = {
 UTF8_LOCALE = "C.UTF-8"
 # systemd's NOTIFY_SOCKET and WATCHDOG_* belong to the worker; a job writing to them would lie.
 INHERITED_NEVER = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
-_progress_slot: int | None = None
+# dash (Debian's /bin/sh) accepts `>&$BATCH_JOB_PROGRESS_FD` only up to 9.
+HIGHEST_SHELL_DESCRIPTOR = 9
+_progress_slots: queue.SimpleQueue[int] = queue.SimpleQueue()
+"""The reserved numbers no spawn has borrowed."""
+_reserving = threading.Lock()
+_reserved = 0
 
 
-def reserve_progress_fd() -> int:
-    """Hold a low descriptor number for the job's progress pipe; call early in the worker.
+def reserve_progress_fds(count: int = 1) -> None:
+    """Hold up to `count` low descriptor numbers for jobs' progress pipes (one at least); call
+    early in the worker, before it opens much else.
 
-    The child receives the pipe under this number, and dash (Debian's /bin/sh) only accepts
-    `>&$BATCH_JOB_PROGRESS_FD` up to 9, so the worker claims one before it opens much else.
+    A child receives its pipe under one of them, so it must be one a shell can name. A spawn
+    borrows a number for the moment it starts its job: `count` spawns may run at once, and
+    more wait for a number (rather than be given one over 9).
     """
-    global _progress_slot  # noqa: PLW0603 - one number for the process's lifetime
-    if _progress_slot is None:
-        slot = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        if slot == 3:
-            # Not 3: CPython 3.11's child closes the descriptors it does not keep with
-            # close_range between the kept ones; one kept at 3 makes its first range empty
-            # (3..2), the call fails, and the child lists /proc/self/fd and closes them one by
-            # one (strace: 30 closes a job, while the worker waits in vfork; 7 % of a
-            # /bin/true job's rate). 3 stays held, by /dev/null.
+    global _reserved  # noqa: PLW0603 - the numbers are the process's, for its lifetime
+    with _reserving:
+        while _reserved < count:
             slot = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        _progress_slot = slot
-    return _progress_slot
+            if slot == 3:
+                # Not 3: CPython 3.11's child closes the descriptors it does not keep with
+                # close_range between the kept ones; one kept at 3 makes its first range
+                # empty (3..2), the call fails, and the child lists /proc/self/fd and closes
+                # them one by one (strace: 30 closes a job, while the worker waits in vfork;
+                # 7 % of a /bin/true job's rate). 3 stays held, by /dev/null.
+                slot = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
+            if slot > HIGHEST_SHELL_DESCRIPTOR and _reserved:
+                os.close(slot)
+                return
+            _progress_slots.put(slot)
+            _reserved += 1
 
 
 @dataclass(frozen=True)
@@ -110,21 +123,25 @@ def build_environment(request: SpawnRequest, tmpdir: Path, progress_fd: int) -> 
 
 
 def start(request: SpawnRequest, tmpdir: Path) -> Spawned:
-    """Start the command with TMPDIR=`tmpdir`; raises OSError when it cannot. Call with
-    watch.spawn_lock held.
+    """Start the command with TMPDIR=`tmpdir`; raises OSError when it cannot. Call within
+    watch.spawn_gate.spawning(); other threads may spawn at the same time.
 
-    The progress pipe reaches the child under the reserved low number; straight after the
-    spawn that number points at /dev/null again, so the worker holds no write end and the
-    pipe ends when the job's processes close it.
+    The progress pipe reaches the child under a reserved low number, borrowed for the spawn;
+    straight after it that number points at /dev/null again, so the worker holds no write end
+    and the pipe ends when the job's processes close it. A child of a spawn running beside
+    this one never holds this one's pipes: `close_fds` closes every descriptor it does not
+    keep.
     """
+    if not _reserved:
+        reserve_progress_fds()
     out_read, out_write = os.pipe()
     err_read, err_write = os.pipe()
     progress_read, progress_write = os.pipe()
-    slot = reserve_progress_fd()
-    os.dup2(progress_write, slot, inheritable=False)
-    os.close(progress_write)
-    env = build_environment(request, tmpdir, slot)
+    slot = _progress_slots.get()
     try:
+        os.dup2(progress_write, slot, inheritable=False)
+        os.close(progress_write)
+        env = build_environment(request, tmpdir, slot)
         process = subprocess.Popen(
             request.command,
             stdin=subprocess.DEVNULL,
@@ -146,6 +163,7 @@ def start(request: SpawnRequest, tmpdir: Path) -> Spawned:
         placeholder = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
         os.dup2(placeholder, slot, inheritable=False)
         os.close(placeholder)
+        _progress_slots.put(slot)
     return Spawned(process, out_read, err_read, progress_read, env)
 
 

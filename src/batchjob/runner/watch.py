@@ -9,24 +9,68 @@ follows the size of the worker's tree, not the number of processes on the host.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import signal
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
 import psutil
 
 PR_SET_CHILD_SUBREAPER = 36
 _POLL_SECONDS = 0.05
-# Held while a job is spawned and registered, and while adopted orphans are reaped, so that
-# the reaper never collects the exit status of a job's main process before Popen can.
-spawn_lock = threading.Lock()
 _own_children: set[int] = set()
 """Processes the worker started and waits for itself (jobs' main processes, its guardian):
 never orphans of a job."""
+
+
+class SpawnGate:
+    """Spawns run side by side; the reaper of adopted orphans runs alone.
+
+    A process is registered as the worker's own child only once Popen has returned, so a
+    reaper running meanwhile could collect a short job's exit status before Popen can. Slots
+    need not wait for each other's spawns, though: one lock for both made each slot wait for
+    the other's spawn for an eighth of its time (py-spy, /bin/true jobs). A reaper that wants
+    in holds new spawns back, so that busy slots never starve it.
+    """
+
+    def __init__(self) -> None:
+        self._condition = threading.Condition()
+        self._spawning = 0
+        self._reaping = False
+
+    @contextlib.contextmanager
+    def spawning(self) -> Iterator[None]:
+        """Around starting a process and `register_own_child`."""
+        with self._condition:
+            self._condition.wait_for(lambda: not self._reaping)
+            self._spawning += 1
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._spawning -= 1
+                if not self._spawning:
+                    self._condition.notify_all()
+
+    @contextlib.contextmanager
+    def reaping(self) -> Iterator[None]:
+        with self._condition:
+            self._condition.wait_for(lambda: not self._reaping)
+            self._reaping = True
+            self._condition.wait_for(lambda: not self._spawning)
+        try:
+            yield
+        finally:
+            with self._condition:
+                self._reaping = False
+                self._condition.notify_all()
+
+
+spawn_gate = SpawnGate()
 
 
 def become_subreaper() -> bool:
@@ -39,7 +83,7 @@ def become_subreaper() -> bool:
 
 
 def register_own_child(pid: int) -> None:
-    """Call with `spawn_lock` held, right after the process was created."""
+    """Call within `spawn_gate.spawning()`, right after the process was created."""
     _own_children.add(pid)
 
 
@@ -52,7 +96,7 @@ def forget_own_child(pid: int) -> None:
 def reap_adopted() -> int:
     """Collect the exit status of orphans the worker adopted; returns how many were reaped."""
     reaped = 0
-    with spawn_lock:
+    with spawn_gate.reaping():
         for pid in adopted(os.getpid()):
             if pid in _own_children:
                 continue

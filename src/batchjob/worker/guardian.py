@@ -45,7 +45,7 @@ class Guardian:
         read_end, write_end = os.pipe2(os.O_CLOEXEC)
         try:
             # Its own session: a Ctrl-C in the worker's terminal is not for the guardian.
-            with watch.spawn_lock:
+            with watch.spawn_gate.spawning():
                 self._process = subprocess.Popen(
                     [sys.executable, "-I", __file__, worker_id, scratch_prefix],
                     stdin=read_end,

@@ -30,7 +30,7 @@ from batchjob.config import Settings
 from batchjob.errors import StoreUnavailable
 from batchjob.runner import StopReason, watch
 from batchjob.runner.scratch import PrivateTmp
-from batchjob.runner.spawn import read_env_file, reserve_progress_fd
+from batchjob.runner.spawn import read_env_file, reserve_progress_fds
 from batchjob.store import ClaimedJob, ClaimRequest, Store, WorkerRegistration
 from batchjob.store.migrations import LATEST_VERSION
 from batchjob.worker.guardian import Guardian
@@ -93,7 +93,7 @@ class Worker:
 
     def run(self) -> int:
         """Work until stopped (or, with burst, until nothing is due); returns the exit code."""
-        reserve_progress_fd()  # before anything else takes the low descriptor numbers
+        reserve_progress_fds(self.concurrency)  # before anything else takes the low numbers
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
         _skip_unlogged_record_fields()
         self._open_log()
