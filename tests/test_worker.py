@@ -621,7 +621,12 @@ def test_the_worker_registers_names_its_driver_and_records_each_attempts_evidenc
     assert (stored.peak_rss_bytes or 0) > 60 << 20
     assert (stored.peak_open_fds or 0) >= 3
     (attempt,) = [event for event in queue.events(job.id) if event.kind == "attempt"]
-    environment = (attempt.data or {})["environment"]
+    evidence = attempt.data or {}
+    # This test's python is a virtualenv's: found by its pyvenv.cfg (no VIRTUAL_ENV is set).
+    assert (Path(PYTHON).parent.parent / "pyvenv.cfg").exists()
+    assert evidence["virtualenv"] == str(Path(PYTHON).parent.parent)
+    assert evidence["interpreter"] == os.path.realpath(PYTHON)
+    environment = evidence["environment"]
     assert environment["API_TOKEN"] == "***"
     assert environment["SYNC_URL"] == "https://sync:***@crm.example/api"
     assert environment["BATCH_JOB_ID"] == str(job.id)
