@@ -322,9 +322,9 @@ def test_spawns_run_side_by_side_and_the_orphan_reaper_runs_alone() -> None:
     beside.join(GUARD_TIMEOUT)
     assert not beside.is_alive() and order == ["spawn beside it"]
     reaper = entering("reaper", gate.reaping)
-    time.sleep(0.3)
+    time.sleep(0.5)  # the reaper waits now; a spawn started after it must wait behind it
     later = entering("later spawn", gate.spawning)
-    time.sleep(0.3)
+    time.sleep(0.5)
     assert order == ["spawn beside it"], "the reaper waits for the first spawn, the later for it"
     release_first.set()
     for thread in (first, reaper, later):
