@@ -105,7 +105,7 @@ def cli(
 def init(context: CliContext) -> None:
     """Create or upgrade the database schema and the log directory (safe to run again)."""
     previous, current = context.queue.init()
-    (context.settings.log_dir / "jobs").mkdir(parents=True, exist_ok=True)
+    context.settings.job_log_dir.mkdir(parents=True, exist_ok=True)
     where = context.queue.store.display_url
     if previous == current:
         stdout().print(f"schema is up to date (version {current}) in {where}", highlight=False)

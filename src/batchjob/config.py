@@ -228,6 +228,11 @@ class Settings:
         object.__setattr__(self, "tasks", MappingProxyType(dict(self.tasks)))
         object.__setattr__(self, "schedules", tuple(self.schedules))
 
+    @property
+    def job_log_dir(self) -> Path:
+        """Where each job's log is kept, as `<id>.log`."""
+        return self.log_dir / "jobs"
+
     def task(self, name: str) -> TaskSpec:
         """The declared task `name`; the error lists what is declared, to catch a typo at once."""
         try:

@@ -25,7 +25,7 @@ def log_path(queue: Queue, job: Job) -> Path:
     """Where the job's log is (or will be): recorded by the worker, else the configured place."""
     if job.log_path:
         return Path(job.log_path)
-    return queue.settings.log_dir / "jobs" / f"{job.id}.log"
+    return queue.settings.job_log_dir / f"{job.id}.log"
 
 
 def print_log(queue: Queue, job_id: int, *, follow: bool, out: BinaryIO) -> Job:

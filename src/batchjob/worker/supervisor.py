@@ -113,7 +113,7 @@ class Worker:
             shutting_down=self._stopping,
             outage=outage,
             next_claim=self._next_claim,
-            job_log_dir=str((self.settings.log_dir / "jobs").absolute()),
+            job_log_dir=str(self.settings.job_log_dir.absolute()),
         )
         services = (
             Rescuer(store, self.host, worker.lease_timeout, worker.max_lost_attempts),
