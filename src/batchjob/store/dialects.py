@@ -10,10 +10,9 @@ from __future__ import annotations
 import fcntl
 import importlib
 import os
-import sqlite3
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import (
     Connection,
@@ -40,6 +39,9 @@ from batchjob.errors import ConfigError
 from batchjob.redact import mask_url_passwords
 from batchjob.store.driver import execute_plain
 from batchjob.store.schema import ONLY_WHERE_SET, Moment
+
+if TYPE_CHECKING:  # a MariaDB or PostgreSQL worker has no use for sqlite3 (0.9 MiB)
+    import sqlite3
 
 CONNECT_TIMEOUT_SECONDS = 5
 # A cut network must not hang a worker forever in a read: MySQL drivers take a read timeout
