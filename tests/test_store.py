@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -378,7 +379,8 @@ def test_a_bulk_enqueue_holds_off_the_cycle_collector_and_leaves_it_as_it_found_
 ) -> None:
     """Its jobs hold no cycles: no collection runs while they are built and stored (one ran
     every 700 new containers, a full one traversing the whole heap). Afterwards, and after a
-    refused batch, the collector is on again, unless the application had turned it off."""
+    refused batch, the collector is on again, unless the application had turned it off; a
+    generator of requests, the caller's code, runs with it on."""
     assert gc.isenabled()
     started: list[int] = []  # the generation of each collection started meanwhile
 
@@ -403,6 +405,15 @@ def test_a_bulk_enqueue_holds_off_the_cycle_collector_and_leaves_it_as_it_found_
     with pytest.raises(InvalidInput):
         queue.enqueue_many([{"command": ["z"]}, {"command": ["z"], "priority": "high"}])
     assert gc.isenabled()
+    seen_on = []  # a generator of requests (the caller's code) runs with the collector on
+
+    def generated() -> Iterator[dict[str, list[str]]]:
+        for n in range(3):
+            seen_on.append(gc.isenabled())
+            yield {"command": ["g", str(n)]}
+
+    assert len(queue.enqueue_many(generated())) == 3
+    assert seen_on == [True] * 3
     gc.disable()
     try:
         queue.enqueue_many([{"command": ["x"]}] * 2)

@@ -112,9 +112,10 @@ class Queue:
         self, requests: Iterable[Mapping[str, Any]], connection: Connection | None = None
     ) -> list[Job]:
         """Store many jobs in one transaction; each request takes `enqueue`'s keywords."""
+        given = list(requests)  # a caller's generator runs with the collector on, as ever
         with _cycle_collector_paused():
             return self.store.enqueue(
-                [self._resolve(request) for request in requests], connection=connection
+                [self._resolve(request) for request in given], connection=connection
             )
 
     def get(self, job_id: int) -> Job:
