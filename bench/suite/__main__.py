@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.suite import figures
-from bench.suite.databases import KINDS, fresh_database
+from bench.suite.databases import KINDS, NAME, fresh_database
 
 FULL = {"enqueue": 2000, "gib": 1.0, "finished": 1_000_000, "pending": 100_000, "loops": 2000,
         "units": 1_000_000, "jobs": 2000, "workers": (1, 2, 4, 8)}  # fmt: skip
@@ -55,7 +55,10 @@ def measure(kind: str, name: str, size: dict[str, Any]) -> dict[str, Any]:
             if name == "output":
                 return figures.output(url, directory, size["gib"])
             if name == "claim_cost":
-                return figures.claim_cost(url, size["finished"], size["pending"], size["loops"])
+                with fresh_database(kind, directory, f"{NAME}_empty") as empty_url:
+                    return figures.claim_cost(
+                        url, empty_url, size["finished"], size["pending"], size["loops"]
+                    )
             if name == "progress":
                 return figures.progress(url, directory, size["units"])
             return figures.scaling(url, directory, size["jobs"], size["workers"])

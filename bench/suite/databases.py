@@ -28,19 +28,20 @@ KINDS = ("sqlite", "mariadb", "postgresql")
 
 
 @contextlib.contextmanager
-def fresh_database(kind: str, directory: Path) -> Iterator[str]:
-    """The URL of an initialised, empty batchjob database; dropped afterwards."""
+def fresh_database(kind: str, directory: Path, name: str = NAME) -> Iterator[str]:
+    """The URL of an initialised, empty batchjob database; dropped afterwards. `name`: for a
+    figure that needs two side by side."""
     if kind == "sqlite":
-        url = f"sqlite:///{directory / 'bench.db'}"
+        url = f"sqlite:///{directory / f'{name}.db'}"
         _init(url, directory)
         yield url
         return
     admin = create_engine(SERVERS[kind], isolation_level="AUTOCOMMIT")
-    drop = f"DROP DATABASE IF EXISTS {NAME}" + (" WITH (FORCE)" if kind == "postgresql" else "")
+    drop = f"DROP DATABASE IF EXISTS {name}" + (" WITH (FORCE)" if kind == "postgresql" else "")
     with admin.connect() as connection:
         connection.execute(text(drop))
-        connection.execute(text(f"CREATE DATABASE {NAME}"))
-    url = admin.url.set(database=NAME).render_as_string(hide_password=False)
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    url = admin.url.set(database=name).render_as_string(hide_password=False)
     if kind == "mariadb":
         url += "?charset=utf8mb4"
     try:

@@ -5,7 +5,8 @@
 - output: a job writing N GiB to stdout under a worker, against the same command with its
   stdout redirected to a file; and the worker's RSS before and at its peak meanwhile.
 - claim_cost: claim + finish of one job, through the Store, with 1,000,000 finished and
-  100,000 pending rows in the table, against the same on a table of a few pending rows.
+  100,000 pending rows in the table, against the same on a table of a few pending rows in a
+  database beside it, the two taken in turns.
 - progress: a job reporting progress 100,000 times a second, against the same job not
   reporting, both under the worker; and the database writes the reports cost.
 - scaling: `/bin/true` jobs through 8 workers on one database, against 1 worker; and every
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import contextlib
+import statistics
 import subprocess
 import sys
 import time
@@ -46,6 +48,7 @@ REPORTING = (
 )
 # How MariaDB/MySQL (error 1213) and PostgreSQL (SQLSTATE 40P01) word a deadlock.
 DEADLOCK_MARKS = ("(1213,", "Deadlock found", "40P01", "deadlock detected")
+CLAIM_COST_ROUNDS = 10
 
 
 class Workers:
@@ -210,30 +213,41 @@ def enqueue(url: str, directory: Path, jobs: int) -> dict[str, Any]:
 # ---- claim cost ----------------------------------------------------------------------------
 
 
-def claim_cost(url: str, finished: int, pending: int, loops: int) -> dict[str, Any]:
+def claim_cost(
+    loaded_url: str, empty_url: str, finished: int, pending: int, loops: int
+) -> dict[str, Any]:
+    """Claim + finish of one job on a database filled with finished and pending rows, and on
+    an empty one beside it, taken in turns (CLAIM_COST_ROUNDS of each): the machine's speed,
+    which drifts within minutes here, and the server's writing out of the fill weigh on both
+    alike. Each side's figure is the median of its calls: a durable commit now and then
+    waits for the disk many times longer (a mean of them moved by a third between runs)."""
     from batchjob.model import JobStatus, NewJob
     from batchjob.store import Outcome, Store
 
-    store = Store(url)
-
-    def per_job() -> float:
+    stores = {"empty": Store(empty_url), "loaded": Store(loaded_url)}
+    fill_seconds = _fill(loaded_url, finished, pending)
+    seconds: dict[str, list[float]] = {name: [] for name in stores}
+    for store in stores.values():
         store.enqueue([NewJob(command=["/bin/true"]) for _ in range(loops)])
-        started = time.perf_counter()
-        for _ in range(loops):
-            (claimed,) = store.claim("bench", None, 1, 60)
-            store.finish(claimed.lease, Outcome(JobStatus.COMPLETED, exit_code=0))
-        return (time.perf_counter() - started) / loops
-
-    empty = per_job()
-    fill_seconds = _fill(url, finished, pending)
-    loaded = per_job()
-    store.close()
+    for _ in range(CLAIM_COST_ROUNDS):
+        for name, store in stores.items():
+            for _ in range(loops // CLAIM_COST_ROUNDS):
+                started = time.perf_counter()
+                (claimed,) = store.claim("bench", None, 1, 60)
+                store.finish(claimed.lease, Outcome(JobStatus.COMPLETED, exit_code=0))
+                seconds[name].append(time.perf_counter() - started)
+    for store in stores.values():
+        store.close()
+    empty, loaded = statistics.median(seconds["empty"]), statistics.median(seconds["loaded"])
     return {
         "finished_rows": finished,
         "pending_rows": pending,
         "fill_seconds": fill_seconds,
+        "rounds": CLAIM_COST_ROUNDS,
         "empty_ms": empty * 1000,
         "loaded_ms": loaded * 1000,
+        "empty_mean_ms": statistics.fmean(seconds["empty"]) * 1000,
+        "loaded_mean_ms": statistics.fmean(seconds["loaded"]) * 1000,
         "cost_ratio": loaded / empty,
     }
 
