@@ -219,6 +219,23 @@ def test_each_attempts_events_carry_its_number_when_written_with_the_next_claim(
     ]
 
 
+def test_a_slots_next_job_starts_no_earlier_than_its_last_one_completed(store: Store) -> None:
+    """On PostgreSQL the outcome and the next claim are one statement, whose parts run in no
+    set order: one time for the whole statement, as SQLite and MariaDB have, or a slot's
+    timeline would show its two jobs running at once."""
+    store.enqueue([NewJob(command=["x", str(n)]) for n in range(30)])
+    (current,) = store.claim("w", None, 1, 30)
+    done = Outcome(JobStatus.COMPLETED, exit_code=0, evidence={"pid": 1})
+    for _ in range(29):
+        recorded, (following,) = store.finish_and_claim(
+            current.lease, done, ClaimRequest("w", None, 1, 30)
+        )
+        ended = store.get(current.job.id)
+        assert recorded and ended.completed_at is not None and following.job.started_at
+        assert ended.completed_at <= following.job.started_at, (ended.id, following.job.id)
+        current = following
+
+
 def test_an_outcome_recorded_with_the_next_claim_changes_only_its_own_job(store: Store) -> None:
     ending, following = store.enqueue([NewJob(command=["a"]), NewJob(command=["b"])])
     (first,) = store.claim("w", None, 1, 30)

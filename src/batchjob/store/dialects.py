@@ -105,7 +105,10 @@ def _sqlite_now(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
 
 @compiles(db_now_plus, "postgresql")
 def _postgresql_now(element: db_now_plus, compiler: SQLCompiler, **kw: Any) -> str:
-    now = "(clock_timestamp() AT TIME ZONE 'UTC')"
+    # One time for a whole statement, as SQLite's 'now' and MySQL's UTC_TIMESTAMP() are, not
+    # clock_timestamp(): a statement that records a slot's outcome and claims its next job
+    # runs its parts in no set order, and the next job's start came before the last's end.
+    now = "(statement_timestamp() AT TIME ZONE 'UTC')"
     if not element.clauses.clauses:
         return now
     seconds = compiler.process(element.clauses, **kw)
