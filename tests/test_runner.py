@@ -185,6 +185,15 @@ def test_a_stream_that_ends_without_a_newline_reads_back_without_one(tmp_path: P
     assert streams["stderr"] == "第六竹石".encode()
 
 
+def test_a_jobs_stdout_and_stderr_hold_a_quarter_mebibyte_before_it_waits(tmp_path: Path) -> None:
+    """Not the kernel's 64 KiB: with those a job writing fast and the worker took turns."""
+    sizes = "import fcntl; print(*(fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ) for fd in (1, 2)))"
+    result = run_job(tmp_path, [PYTHON, "-c", sizes])
+
+    assert result.exit_code == 0
+    assert read_streams(tmp_path)["stdout"] == b"262144 262144\n"
+
+
 def test_stdin_is_at_end_of_file_at_once(tmp_path: Path) -> None:
     """Whatever the worker's own stdin holds, the job reads nothing."""
     read, write = os.pipe()

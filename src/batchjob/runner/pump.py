@@ -64,10 +64,16 @@ class JobLog:
             return
         prefix = _timestamp() + b" " + STREAM_TAGS[stream]
         ends_line = data.endswith(b"\n")
-        body = data[:-1] if ends_line else data
         mark = b"+ | " if self._open_line.get(stream, False) else b"  | "
         self._open_line[stream] = not ends_line
-        self._store(prefix + mark + body.replace(b"\n", b"\n" + prefix + b"  | ") + b"\n")
+        line_start = b"\n" + prefix + b"  | "
+        lines = data.replace(b"\n", line_start)
+        # One copy of the chunk into the record (or two where it has lines to prefix).
+        if ends_line:  # its last newline ends the record, not a line after it
+            body = memoryview(lines)[: len(lines) - len(line_start) + 1]
+            self._store(b"".join((prefix, mark, body)))
+        else:
+            self._store(b"".join((prefix, mark, lines, b"\n")))
 
     def note(self, message: str) -> None:
         """A line from batchjob itself (a dropped progress line, a leftover process...)."""

@@ -8,6 +8,8 @@ database URL with its password) never reaches the job.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
 import os
 import pwd
@@ -36,6 +38,10 @@ UTF8_LOCALE = "C.UTF-8"
 INHERITED_NEVER = frozenset({"NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"})
 # dash (Debian's /bin/sh) accepts `>&$BATCH_JOB_PROGRESS_FD` only up to 9.
 HIGHEST_SHELL_DESCRIPTOR = 9
+# A job writing fast fills the kernel's default 64 KiB pipe at once, and then it and the worker
+# take turns, each waking the other (1 GiB through a pipe: 1.3 s, through 256 KiB 0.4 s). Each
+# slot's stdout and stderr count 512 KiB towards its user's pipe allowance (64 MiB by default).
+OUTPUT_PIPE_BYTES = 256 * 1024
 _progress_slots: queue.SimpleQueue[int] = queue.SimpleQueue()
 """The reserved numbers no spawn has borrowed."""
 _reserving = threading.Lock()
@@ -134,8 +140,8 @@ def start(request: SpawnRequest, tmpdir: Path) -> Spawned:
     """
     if not _reserved:
         reserve_progress_fds()
-    out_read, out_write = os.pipe()
-    err_read, err_write = os.pipe()
+    out_read, out_write = _output_pipe()
+    err_read, err_write = _output_pipe()
     progress_read, progress_write = os.pipe()
     slot = _progress_slots.get()
     try:
@@ -165,6 +171,13 @@ def start(request: SpawnRequest, tmpdir: Path) -> Spawned:
         os.close(placeholder)
         _progress_slots.put(slot)
     return Spawned(process, out_read, err_read, progress_read, env)
+
+
+def _output_pipe() -> tuple[int, int]:
+    read_end, write_end = os.pipe()
+    with contextlib.suppress(OSError):  # past the user's pipe allowance: the default size
+        fcntl.fcntl(read_end, fcntl.F_SETPIPE_SZ, OUTPUT_PIPE_BYTES)
+    return read_end, write_end
 
 
 def read_env_file(path: Path) -> dict[str, str]:
