@@ -23,6 +23,7 @@ def test_the_suite_measures_each_figure_against_its_baseline(tmp_path: Path) -> 
     figures = json.loads(report.read_text())["sqlite"]
     output, claim, progress = figures["output"], figures["claim_cost"], figures["progress"]
     assert output["bare_seconds"] > 0 and output["worker_seconds"] > 0
+    assert output["cat_seconds"] > 0 and all(len(side) == 3 for side in output["rounds"].values())
     assert output["worker_rss_peak_mib"] >= output["worker_rss_idle_mib"] > 0
     assert claim["empty_ms"] > 0 and claim["loaded_ms"] > 0
     assert progress["reporting"]["last_progress"] == progress["units"], "the last report landed"

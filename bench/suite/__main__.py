@@ -76,7 +76,8 @@ def summary(name: str, figure: dict[str, Any]) -> str:
     if name == "output":
         return (
             f"{figure['gib']:g} GiB: {figure['worker_seconds']:.2f}s under the worker,"
-            f" {figure['bare_seconds']:.2f}s to a file: {figure['speed_ratio']:.2f}x;"
+            f" {figure['bare_seconds']:.2f}s to a file: {figure['speed_ratio']:.2f}x"
+            f" ({figure['cat_ratio']:.2f}x through cat's {figure['cat_seconds']:.2f}s);"
             f" worker RSS {figure['worker_rss_idle_mib']:.0f} -> "
             f"{figure['worker_rss_peak_mib']:.0f} MiB"
         )

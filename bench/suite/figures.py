@@ -3,7 +3,8 @@
 - enqueue (SQLite): Queue.enqueue one by one and enqueue_many, against sqlite3 inserting the
   same row the same way (a transaction each / one executemany).
 - output: a job writing N GiB to stdout under a worker, against the same command with its
-  stdout redirected to a file; and the worker's RSS before and at its peak meanwhile.
+  stdout redirected to a file and through `cat` into a file, in turns; and the worker's RSS
+  before and at its peak meanwhile.
 - claim_cost: claim + finish of one job, through the Store, with 1,000,000 finished and
   100,000 pending rows in the table, against the same on a table of a few pending rows in a
   database beside it, the two taken in turns.
@@ -49,6 +50,7 @@ REPORTING = (
 # How MariaDB/MySQL (error 1213) and PostgreSQL (SQLSTATE 40P01) word a deadlock.
 DEADLOCK_MARKS = ("(1213,", "Deadlock found", "40P01", "deadlock detected")
 CLAIM_COST_ROUNDS = 10
+OUTPUT_ROUNDS = 3
 
 
 class Workers:
@@ -129,37 +131,63 @@ def _idle(queue: Any) -> None:
 # ---- output --------------------------------------------------------------------------------
 
 
-def output(url: str, directory: Path, gib: float) -> dict[str, Any]:
+def output(url: str, directory: Path, gib: float, rounds: int = OUTPUT_ROUNDS) -> dict[str, Any]:
+    """The three ways to run the writer, in turns, each side its median: how fast a 1 GiB
+    write reaches this disk's page cache moves by half between runs on this machine."""
     command = [sys.executable, "-c", WRITE_GIB, str(gib)]
-    with (directory / "bare.out").open("wb") as sink:
-        started = time.perf_counter()
-        subprocess.run(command, stdout=sink, check=True)
-        bare = time.perf_counter() - started
-    (directory / "bare.out").unlink()
     (directory / "batchjob.toml").write_text(f'[worker]\nmax_log_bytes = "{int(gib) + 1}GiB"\n')
     queue = _queue(url, directory)
     workers = Workers(url, directory, concurrency=1)
+    bare, through_cat, under_worker = [], [], []
     with workers.running() as (worker,):
         _idle(queue)
         idle_kib = peak_kib = _rss_kib(worker.pid)
-        (job,) = queue.enqueue_many([{"command": command}])
-        while queue.get(job.id).status.value in ("pending", "running"):
-            peak_kib = max(peak_kib, _rss_kib(worker.pid))
-            time.sleep(0.05)
-        job = queue.get(job.id)
+        for _ in range(rounds):
+            bare.append(_to_file(command, directory / "bare.out", through_cat=False))
+            through_cat.append(_to_file(command, directory / "cat.out", through_cat=True))
+            (job,) = queue.enqueue_many([{"command": command}])
+            while queue.get(job.id).status.value in ("pending", "running"):
+                peak_kib = max(peak_kib, _rss_kib(worker.pid))
+                time.sleep(0.05)
+            job = queue.get(job.id)
+            if job.status.value != "completed":
+                raise RuntimeError(f"the output job ended {job.status.value}: {job.error_summary}")
+            under_worker.append((job.completed_at - job.started_at).total_seconds())
+            (directory / "logs" / "jobs" / f"{job.id}.log").unlink(missing_ok=True)
     queue.close()
     (directory / "batchjob.toml").unlink()
-    if job.status.value != "completed":
-        raise RuntimeError(f"the output job ended {job.status.value}: {job.error_summary}")
-    under_worker = (job.completed_at - job.started_at).total_seconds()
+    bare_seconds = statistics.median(bare)
+    cat_seconds = statistics.median(through_cat)
+    worker_seconds = statistics.median(under_worker)
     return {
         "gib": gib,
-        "bare_seconds": bare,
-        "worker_seconds": under_worker,
-        "speed_ratio": bare / under_worker,
+        "bare_seconds": bare_seconds,
+        "cat_seconds": cat_seconds,
+        "worker_seconds": worker_seconds,
+        "speed_ratio": bare_seconds / worker_seconds,
+        "cat_ratio": cat_seconds / worker_seconds,
+        "rounds": {"bare": bare, "cat": through_cat, "worker": under_worker},
         "worker_rss_idle_mib": idle_kib / 1024,
         "worker_rss_peak_mib": peak_kib / 1024,
     }
+
+
+def _to_file(command: list[str], path: Path, *, through_cat: bool) -> float:
+    """Seconds for `command` to write into `path`, directly or through a pipe that `cat`
+    drains: the least any design pays that keeps a job's output in a file of its own."""
+    with path.open("wb") as sink:
+        started = time.perf_counter()
+        if through_cat:
+            cat = subprocess.Popen(["cat"], stdin=subprocess.PIPE, stdout=sink)
+            assert cat.stdin is not None
+            subprocess.run(command, stdout=cat.stdin, check=True)
+            cat.stdin.close()
+            cat.wait()
+        else:
+            subprocess.run(command, stdout=sink, check=True)
+        seconds = time.perf_counter() - started
+    path.unlink()
+    return seconds
 
 
 # ---- enqueue -------------------------------------------------------------------------------
