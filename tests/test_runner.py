@@ -20,6 +20,7 @@ import subprocess
 import sys
 import threading
 import time
+import tracemalloc
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -257,6 +258,21 @@ def test_a_capped_log_keeps_an_unbroken_tail(tmp_path: Path) -> None:
     gaps = [(before, after) for before, after in itertools.pairwise(numbers) if after != before + 1]
     assert numbers[-1] == LINE_COUNT - 1
     assert gaps == [], f"lines missing from the tail without a marker: {gaps}"
+
+
+def test_a_capped_logs_kept_tail_is_joined_a_piece_at_a_time(tmp_path: Path) -> None:
+    """Each tail segment may be a quarter of max_log_bytes: read whole, as it once was, the
+    worker's memory grew with the cap (a 1 GiB job under a 2 GiB cap: 373 MiB)."""
+    tracemalloc.start()
+    try:
+        result = run_job(tmp_path, job("numbered.py", 3_000_000), max_log_bytes=64 * MiB)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert (result.exit_code, result.log_error) == (0, None)
+    assert b"bytes of log left out here" in (tmp_path / "job-1.log").read_bytes()
+    assert peak < 8 * MiB
 
 
 @pytest.fixture

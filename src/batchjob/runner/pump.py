@@ -21,9 +21,9 @@ import errno
 import os
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 
 BLOCK = 4096
+COPY_BYTES = 1024 * 1024
 STREAM_TAGS = {"stdout": b"out", "stderr": b"err", "batchjob": b"bjq"}
 _LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND
 
@@ -95,7 +95,7 @@ class JobLog:
             )
             for index in (older, self._tail_current):
                 if self._tail_sizes[index]:
-                    self._append(Path(self._tail_paths[index]).read_bytes())
+                    self._append_file(self._tail_paths[index])
         for tail in self._tail_paths:  # this attempt's, or an earlier one's that was cut off
             _remove(tail)
         os.close(self._file)
@@ -153,6 +153,15 @@ class JobLog:
             return
         try:
             _write_all(self._file, data)
+        except OSError as exc:
+            self._stop_on_disk_error(exc)
+
+    def _append_file(self, path: str) -> None:
+        """A kept tail segment, a piece at a time: it may be a quarter of max_log_bytes."""
+        try:
+            with open(path, "rb") as segment:
+                while piece := segment.read(COPY_BYTES):
+                    self._append(piece)
         except OSError as exc:
             self._stop_on_disk_error(exc)
 
