@@ -28,7 +28,7 @@ from batchjob.runner.scratch import PrivateTmp, TmpdirUnavailable
 from batchjob.runner.spawn import OUTPUT_PIPE_BYTES, SpawnRequest, start
 
 # A read takes what a full pipe holds: a job writing fast then costs a quarter of the reads
-# and log writes it did with 64 KiB (1 GiB through the worker 0.82-0.90 s -> 0.60-0.62 s).
+# and log writes it did with 64 KiB (1 GiB through the worker: 0.96-1.04 s, now 0.60-0.64 s).
 CHUNK_BYTES = OUTPUT_PIPE_BYTES
 SAMPLE_EVERY_SECONDS = 1.0
 FIRST_SAMPLE_SECONDS = 0.2  # a job that ends sooner costs no walk of its tree

@@ -56,10 +56,10 @@ DATABASE_BACKOFF_SECONDS = (1, 2, 5, 10, 30)
 # GIL at once: with Python's default of 5 ms, a slot whose job just ended waited for another
 # slot's thread to be forced off it, and short jobs ran ~30 % slower (docs/benchmarks.md).
 GIL_SWITCH_SECONDS = 0.0005
-# glibc's malloc (mallopt): blocks under this come from the heap, and freed memory goes back
-# to the kernel past the second. Its defaults (128 KiB, then adjusted) hand each chunk a
-# job's output passes through back and forth: 1 GiB of 100-byte lines cost 800,000 page
-# faults and 2.7-3.9 s, with these 11,000 and 1.1 s.
+# glibc's malloc (mallopt): blocks under the first come from the heap, and freed memory past
+# the second goes back to the kernel. Its defaults (128 KiB, adjusted as it goes) gave each
+# chunk of a job's output back and faulted it in again: a worker's first job writing 1 GiB
+# of 100-byte lines cost it 824,000 page faults and 2.9-3.5 s, with these 5,500 and 1.0-1.3 s.
 MALLOC_MMAP_THRESHOLD = (-3, 1024 * 1024)
 MALLOC_TRIM_THRESHOLD = (-1, 2 * 1024 * 1024)
 log = logging.getLogger("batchjob.worker")
