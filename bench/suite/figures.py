@@ -153,7 +153,8 @@ def output(url: str, directory: Path, gib: float, rounds: int = OUTPUT_ROUNDS) -
             if job.status.value != "completed":
                 raise RuntimeError(f"the output job ended {job.status.value}: {job.error_summary}")
             under_worker.append((job.completed_at - job.started_at).total_seconds())
-            (directory / "logs" / "jobs" / f"{job.id}.log").unlink(missing_ok=True)
+            if job.log_path:  # a round's log: up to the GiB it wrote
+                Path(job.log_path).unlink()
     queue.close()
     (directory / "batchjob.toml").unlink()
     bare_seconds = statistics.median(bare)
