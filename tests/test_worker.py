@@ -88,6 +88,20 @@ def test_burst_worker_runs_jobs_and_logs_each_step(workers: Workers, queue: Queu
     assert "reason=exit_code" in worker_log
 
 
+def test_a_job_whose_log_cannot_be_made_runs_and_its_outcome_says_so(
+    workers: Workers, queue: Queue
+) -> None:
+    job = queue.enqueue([PYTHON, "-c", "print('x' * 100_000)"])
+    log_path = workers.directory / "logs" / "jobs" / f"{job.id}.log"
+    log_path.mkdir(parents=True)  # a directory where its log file would go
+    assert workers.run_burst() == 0
+
+    ended = queue.get(job.id)
+    assert (ended.status, ended.exit_code) == (JobStatus.COMPLETED, 0)
+    (attempt,) = [event for event in queue.events(job.id) if event.kind == "attempt"]
+    assert (attempt.data or {})["log_error"] == "Is a directory"
+
+
 def test_job_sees_what_batchjob_sets_and_not_the_workers_configuration(
     workers: Workers, queue: Queue, tmp_path: Path
 ) -> None:

@@ -50,10 +50,10 @@ class JobLog:
 
     def __post_init__(self) -> None:
         try:
-            self._file = os.open(self.path, _LOG_FLAGS, 0o640)
-        except FileNotFoundError:  # the first job's, or its directory was removed meanwhile
-            os.makedirs(os.path.dirname(self.path), exist_ok=True)
-            self._file = os.open(self.path, _LOG_FLAGS, 0o640)
+            self._file = _open_log(self.path)
+        except OSError as exc:  # the job runs all the same: its output is drained, not kept
+            self._file = -1
+            self.disk_error = os.strerror(exc.errno) if exc.errno else str(exc)
         self._head_limit = self.max_bytes // 2
         self._segment_limit = max(BLOCK, (self.max_bytes - self._head_limit) // 2)
         self._tail_paths = (f"{self.path}.tail0", f"{self.path}.tail1")
@@ -179,6 +179,14 @@ class JobLog:
             _write_all(self._file, marker)
         except OSError:
             pass
+
+
+def _open_log(path: str) -> int:
+    try:
+        return os.open(path, _LOG_FLAGS, 0o640)
+    except FileNotFoundError:  # the first job's, or its directory was removed meanwhile
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        return os.open(path, _LOG_FLAGS, 0o640)
 
 
 def _remove(path: str) -> None:
