@@ -15,14 +15,21 @@ code rather than the contract (the bare loop says what the spawn itself costs):
   log at each start and end.
 
 Absent, as they cost a short job nothing in batchjob either: lease renewal, stall and peak
-sampling, a guardian. The idle worker polls every 2 ms (no wake-up), so its start latency
-is no floor; its idle RSS is Python's and its driver's.
+sampling, a guardian. Its idle RSS is Python's and its driver's.
+
+Start latency as batchjob's is measured: the latency job is `/bin/date +%s.%N`, its start the
+time it printed, read back from its log. An idle floor waits to be woken as batchjob's
+worker does: on PostgreSQL by a NOTIFY from a statement trigger on its jobs table, elsewhere
+by a datagram its enqueue sends after the commit to an abstract unix socket; either way it
+looks again every second, as batchjob polls by default. Its enqueue is one INSERT in
+autocommit (batchjob's is a transaction it may retry: BEGIN, INSERT, COMMIT).
 
     python floor_peer.py sqlite|mariadb|postgresql TARGET LOG_DIR   # the worker, until SIGTERM
 """
 
 from __future__ import annotations
 
+import contextlib
 import grp
 import json
 import os
@@ -30,6 +37,7 @@ import pwd
 import resource
 import select
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -42,7 +50,9 @@ from urllib.parse import urlsplit
 from common import JobSpec, Peer, Record, mariadb_admin_url, postgres_dsn, scratch
 
 LEASE_SECONDS = 60.0
-IDLE_POLL_SECONDS = 0.002
+IDLE_POLL_SECONDS = 1.0
+PRINT_START = ["/bin/date", "+%s.%N"]
+CHANNEL = "floor_jobs"
 MARIADB_DATABASE = "bench_floor"
 FINISH = (
     "UPDATE floor_jobs SET status = ?, ended = ?, exit_code = ?, lease_token = NULL"
@@ -87,6 +97,26 @@ class Database:
         cursor.execute("TRUNCATE floor_events")
         cursor.execute("TRUNCATE floor_jobs")
 
+    def announce(self) -> None:
+        """After an enqueue's commit: wake the idle worker (its datagram socket)."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender:
+            sender.setblocking(False)
+            with contextlib.suppress(OSError):  # no worker, or one woken already
+                sender.sendto(b"1", self._wake_address())
+
+    def listen(self, wake: threading.Event, stopping: threading.Event) -> None:
+        """Set `wake` at every announcement, until `stopping`; on its own thread."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as receiver:
+            receiver.bind(self._wake_address())
+            receiver.settimeout(IDLE_POLL_SECONDS)
+            while not stopping.is_set():
+                with contextlib.suppress(TimeoutError):
+                    receiver.recv(64)
+                    wake.set()
+
+    def _wake_address(self) -> bytes:
+        return f"\0batchjob-bench-floor-{self.name}".encode()
+
 
 class Sqlite(Database):
     name = "sqlite"
@@ -127,12 +157,29 @@ class Postgresql(Database):
         "CREATE TABLE IF NOT EXISTS floor_events (id BIGSERIAL PRIMARY KEY,"
         " job_id BIGINT NOT NULL, kind TEXT NOT NULL, at DOUBLE PRECISION NOT NULL, data TEXT)",
         "CREATE INDEX IF NOT EXISTS floor_events_job ON floor_events (job_id, id)",
+        "CREATE OR REPLACE FUNCTION floor_notify() RETURNS trigger LANGUAGE plpgsql AS"
+        f" $$ BEGIN PERFORM pg_notify('{CHANNEL}', ''); RETURN NULL; END $$",
+        "CREATE OR REPLACE TRIGGER floor_jobs_notify AFTER INSERT ON floor_jobs"
+        " FOR EACH STATEMENT EXECUTE FUNCTION floor_notify()",
     )
 
     def connect(self, autocommit: bool = False) -> Any:
         import psycopg
 
         return psycopg.connect(self.target, autocommit=autocommit)
+
+    def announce(self) -> None:
+        """The trigger has: NOTIFY is delivered at the commit."""
+
+    def listen(self, wake: threading.Event, stopping: threading.Event) -> None:
+        connection = self.connect(autocommit=True)
+        try:
+            connection.execute(f"LISTEN {CHANNEL}")
+            while not stopping.is_set():
+                for _notice in connection.notifies(timeout=IDLE_POLL_SECONDS):
+                    wake.set()
+        finally:
+            connection.close()
 
 
 class Mariadb(Database):
@@ -205,6 +252,7 @@ class FloorPeer(Peer):
 
     def enqueue(self, job: JobSpec) -> None:
         self.connection.cursor().execute(self.database.sql(ENQUEUE), _row(job))
+        self.database.announce()
         self.enqueued[job.marker] = self.enqueued.get(job.marker, 0) + 1
 
     def enqueue_bulk(self, jobs: list[JobSpec]) -> None:
@@ -212,6 +260,7 @@ class FloorPeer(Peer):
         cursor.execute("BEGIN")
         cursor.executemany(self.database.sql(ENQUEUE), [_row(job) for job in jobs])
         cursor.execute("COMMIT")
+        self.database.announce()
         for job in jobs:
             self.enqueued[job.marker] = self.enqueued.get(job.marker, 0) + 1
 
@@ -225,12 +274,24 @@ class FloorPeer(Peer):
         (count,) = cursor.fetchone()
         if count < self.enqueued.get(str(marker), 0) or not count:
             return []
-        cursor.execute(f"SELECT job_index, started, ended {done}", (str(marker),))
-        return [Record(index, started, ended) for index, started, ended in cursor.fetchall()]
+        cursor.execute(f"SELECT id, job_index, started, ended, command {done}", (str(marker),))
+        return [
+            Record(index, self._started(job_id, started, command), ended)
+            for job_id, index, started, ended, command in cursor.fetchall()
+        ]
+
+    def _started(self, job_id: int, claimed: float, command: str) -> float:
+        """The claim's time; for the latency job, the time its own process printed."""
+        if json.loads(command) != PRINT_START:
+            return claimed
+        return float((self.log_dir() / "jobs" / f"{job_id}.log").read_bytes())
+
+    def log_dir(self) -> Path:
+        return scratch() / f"{self.name}-logs"
 
     def worker_argv(self) -> list[str]:
-        logs = scratch() / f"{self.name}-logs"
-        return [sys.executable, __file__, self.database.name, self.database.target, str(logs)]
+        logs = str(self.log_dir())
+        return [sys.executable, __file__, self.database.name, self.database.target, logs]
 
     def close(self) -> None:
         if self.connection is not None:
@@ -238,7 +299,7 @@ class FloorPeer(Peer):
 
 
 def _row(job: JobSpec) -> tuple[str, str, int]:
-    return json.dumps(job.command or ["/bin/true"]), job.marker, job.index
+    return json.dumps(job.command or PRINT_START), job.marker, job.index
 
 
 class FloorSqlitePeer(FloorPeer):
@@ -301,6 +362,7 @@ class Worker:
         self.name = f"floor:{os.getpid()}"
         self.log = os.open(log_dir / "worker.log", os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         self.stopping = threading.Event()
+        self.wake = threading.Event()
         user = pwd.getpwuid(os.getuid())
         umask = os.umask(0o022)
         os.umask(umask)
@@ -350,9 +412,19 @@ class Worker:
             finished = None
             if claimed is not None:
                 finished = self.run(*claimed)
-            elif self.stopping.wait(IDLE_POLL_SECONDS):
+            elif self.idle():
                 connection.close()
                 return
+
+    def idle(self) -> bool:
+        """Wait to be woken (or a poll's time); whether the worker is stopping."""
+        self.wake.wait(IDLE_POLL_SECONDS)
+        self.wake.clear()
+        return self.stopping.is_set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self.wake.set()
 
     def run(self, job_id: int, command: str, token: str) -> tuple[int, str, int, str]:
         argv = json.loads(command)
@@ -426,7 +498,10 @@ def main() -> None:
         "postgresql": Postgresql,
     }
     worker = Worker(databases[kind](target), Path(log_dir))
-    signal.signal(signal.SIGTERM, lambda *_: worker.stopping.set())
+    signal.signal(signal.SIGTERM, lambda *_: worker.stop())
+    threading.Thread(
+        target=worker.database.listen, args=(worker.wake, worker.stopping), daemon=True
+    ).start()
     slots = [threading.Thread(target=worker.slot) for _ in range(2)]
     for slot in slots:
         slot.start()
