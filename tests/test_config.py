@@ -6,18 +6,21 @@ import math
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from batchjob.config import (
+    MAX_ARGUMENT_BYTES,
     ScheduleSpec,
     Settings,
     TaskOptions,
     TaskSpec,
     WorkerSettings,
     load_settings,
+    parse_command,
     parse_duration,
     parse_size,
+    passable_text,
 )
 from batchjob.errors import ConfigError, UnknownTask
 
@@ -703,3 +706,30 @@ def test_parse_size_of_any_text_is_a_size_or_a_config_error(text: str) -> None:
 @given(st.from_regex(r"[0-9]{1,4}(\.[0-9]{1,3})?(ms|s|m|h|d)", fullmatch=True))
 def test_generated_durations_are_accepted(text: str) -> None:
     assert parse_duration(text) >= 0
+
+
+argument = st.one_of(
+    st.text(st.characters(exclude_categories=["Cs"]), max_size=12),
+    st.sampled_from(["", " ", "\0", "a\0b", "第六竹石", "\ud800", "x" * MAX_ARGUMENT_BYTES]),
+    st.sampled_from(["x" * (MAX_ARGUMENT_BYTES + 1), "第" * (MAX_ARGUMENT_BYTES // 3 + 1)]),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(argument, min_size=1, max_size=4))
+def test_a_command_is_taken_exactly_when_each_argument_is(argv: list[str]) -> None:
+    """The whole-argv check that bulk enqueues take first accepts nothing an argument's own
+    check refuses, and a refusal still names the first argument refused."""
+    refused = []
+    for index, item in enumerate(argv):
+        try:
+            passable_text(item, "key")
+        except ConfigError:
+            refused.append(index)
+    try:
+        parsed = parse_command(argv)
+    except ConfigError as exc:
+        assert refused or not argv[0].strip()
+        assert f"command[{refused[0] if refused else 0}]" in str(exc)
+    else:
+        assert not refused and parsed == tuple(argv)
