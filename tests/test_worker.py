@@ -8,6 +8,7 @@ the database and the logs. Fault tests run on SQLite and PostgreSQL; the basics 
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -81,11 +82,15 @@ def test_burst_worker_runs_jobs_and_logs_each_step(workers: Workers, queue: Queu
     assert "No such file or directory" in (spawn_failed.error_summary or "")
 
     worker_log = workers.worker_log()
-    for job in (done, failing, missing):
-        assert f"action=started job_id={job.id} attempt=1/1 queue=default worker_id=" in worker_log
+    for job in (done, failing):  # a line once it runs, with its process
+        started = f"action=started job_id={job.id} attempt=1/1 queue=default worker_id="
+        assert re.search(re.escape(started) + r"\S+ pid=[1-9][0-9]* log=", worker_log)
+    assert f"action=started job_id={missing.id} " not in worker_log  # it never ran
     assert f"action=completed job_id={done.id} duration=" in worker_log
     assert f"action=failed job_id={failing.id} duration=" in worker_log
     assert "reason=exit_code" in worker_log
+    assert f"action=failed job_id={missing.id} duration=" in worker_log
+    assert "reason=spawn_error" in worker_log
 
 
 def test_a_job_whose_log_cannot_be_made_runs_and_its_outcome_says_so(

@@ -153,19 +153,16 @@ def run(spec: JobSpec, control: RunControl) -> RunResult:
 
 
 def _run(spec: JobSpec, control: RunControl, tmp: PrivateTmp) -> RunResult:
-    log = JobLog(spec.log_path, spec.max_log_bytes)
     started = time.monotonic()
     result = RunResult()
     try:
         with watch.spawn_gate.spawning():
             if _fenced(control, result):  # the worker was frozen between claim and start
-                log.note("[batchjob: the job's lease ran out before it could start]")
-                log.close()
+                _log_only(spec, "[batchjob: the job's lease ran out before it could start]")
                 return result
             if control.stop_requested:  # stopped (the worker is shutting down) before it ran
                 result.stopped_by = control.stop_reason
-                log.note(f"[batchjob: not started: {control.stop_reason}]")
-                log.close()
+                _log_only(spec, f"[batchjob: not started: {control.stop_reason}]")
                 return result
             spawned = start(spec.spawn, tmp.path)
             watch.register_own_child(spawned.process.pid)
@@ -177,9 +174,11 @@ def _run(spec: JobSpec, control: RunControl, tmp: PrivateTmp) -> RunResult:
     except (OSError, ValueError) as exc:
         result.spawn_error = _spawn_error(spec, exc)
         result.env = {**spec.spawn.base_env, **spec.spawn.env}  # what it would have had
-        log.note(f"[batchjob: cannot start the job: {result.spawn_error}]")
-        log.close()
+        _log_only(spec, f"[batchjob: cannot start the job: {result.spawn_error}]")
         return result
+    # Made once the job runs, its output waiting in the pipes meanwhile: not on its way to the
+    # start (creating the file took 0.16 ms of an idle worker's way to it on PostgreSQL).
+    log = JobLog(spec.log_path, spec.max_log_bytes)
     result.pid, result.env = spawned.process.pid, spawned.env
     result.fd_limit = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     control.on_started(spawned.process.pid)
@@ -193,6 +192,13 @@ def _run(spec: JobSpec, control: RunControl, tmp: PrivateTmp) -> RunResult:
         result.log_error = log.disk_error
         log.close()
     return result
+
+
+def _log_only(spec: JobSpec, message: str) -> None:
+    """The log of an attempt that did not run: batchjob's word on why."""
+    log = JobLog(spec.log_path, spec.max_log_bytes)
+    log.note(message)
+    log.close()
 
 
 def _fenced(control: RunControl, result: RunResult) -> bool:
