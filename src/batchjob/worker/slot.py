@@ -151,9 +151,9 @@ def _stall_changed(
 def _started(
     context: SlotContext, tracked: Tracked, claimed: ClaimedJob, pid: int, log_path: str
 ) -> None:
-    """On the pump's thread, once the job runs: its line in the worker log is written then,
-    with its pid, not on its way to the start (0.13-0.16 ms of an idle worker's). No database
-    call here; the lease keeper stores it."""
+    """On the pump's thread, once the job runs: its worker-log line is written here, with its
+    pid, not on the job's way to its start (where the line took an idle worker 0.13-0.16 ms).
+    No database call here; the lease keeper stores it."""
     job = claimed.job
     context.guardian.job_started(job.id, pid)
     tracked.started = (pid, log_path)
