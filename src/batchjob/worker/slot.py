@@ -72,9 +72,10 @@ def execute(claimed: ClaimedJob, context: SlotContext, tmp: PrivateTmp) -> Claim
     def on_started(pid: int) -> None:
         nonlocal oom_kills_before
         _started(context, tracked, claimed, pid, log_file)
-        # Read once the job runs, not before: off the way from the claim to its start. A kill
-        # this count misses (the job's own, in its first microseconds) the kernel log still
-        # names.
+        # Read once the job runs, not before the spawn, where it lengthened the claim's way to
+        # the start (work after a spawn can still delay the new process on a busy CPU, less so).
+        # A kill this count misses (the job's own, in its first microseconds) the kernel log
+        # still names.
         oom_kills_before = oom_kill_count()
 
     control.on_started = on_started
