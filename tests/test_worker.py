@@ -30,7 +30,7 @@ from batchjob.queue import Queue
 from batchjob.store import WorkerRegistration
 from batchjob.store.migrations import LATEST_VERSION
 from batchjob.store.schema import workers as workers_table
-from conftest import BATCHJOB, Workers, run_cli, tmpfs, wait_until
+from conftest import BATCHJOB, Workers, prepared_database, run_cli, tmpfs, wait_until
 from tcp_proxy import TcpProxy
 
 PYTHON = sys.executable
@@ -686,6 +686,45 @@ def test_the_worker_registers_names_its_driver_and_records_each_attempts_evidenc
     assert row["version"]
     assert row["started_at"] <= row["last_seen"]
     assert row["stopped_at"] is not None
+
+
+def openssl_mapped(pid: int) -> set[str]:
+    """OpenSSL's libraries and Python's modules over them that the process has mapped."""
+    names = ("libssl", "libcrypto", "_ssl.", "_hashlib.")
+    with open(f"/proc/{pid}/maps", encoding="utf-8") as maps:
+        paths = {line.split()[-1] for line in maps if "/" in line}
+    return {name for name in names for path in paths if name in Path(path).name}
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_a_worker_on_sqlite_loads_no_openssl_and_still_is_woken_and_runs_jobs(
+    workers: Workers, queue: Queue, tmp_path: Path
+) -> None:
+    workers.configure('[worker]\npoll_interval = "120s"\n')
+    worker = workers.start()
+    wait_until(lambda: "action=worker_started" in workers.worker_log())
+    env = {"BATCH_JOB_DATABASE_URL": workers.database_url}
+    enqueued = run_cli("enqueue", "--", "true", cwd=tmp_path, env=env)  # this one has OpenSSL
+    assert enqueued.returncode == 0, enqueued.stderr
+    # Woken through the socket named by a digest the two processes work out apart.
+    assert queue.wait(int(enqueued.stdout), timeout=60).status == JobStatus.COMPLETED
+    assert openssl_mapped(worker.pid) == set()
+
+
+def test_a_driver_imported_after_the_workers_code_still_gets_ssl(
+    tmp_path: Path, server_databases: dict[str, str]
+) -> None:
+    url = prepared_database("mariadb-pymysql", tmp_path, server_databases)
+    pool, queue = Workers(url, tmp_path), Queue(url)
+    try:
+        job = queue.enqueue(["true"])
+        worker = pool.start()
+        assert queue.wait(job.id, timeout=60).status == JobStatus.COMPLETED
+        # PyMySQL imports ssl for its TLS, tried even unasked: kept out, it would go without.
+        assert {"libssl", "_ssl."} <= openssl_mapped(worker.pid)
+    finally:
+        pool.stop_all()
+        queue.close()
 
 
 def test_a_job_longer_than_its_lease_keeps_it(workers: Workers, queue: Queue) -> None:

@@ -19,7 +19,6 @@ from batchjob import __version__
 from batchjob.config import Settings, load_settings
 from batchjob.errors import BatchJobError, InvalidInput
 from batchjob.model import Job, JobStatus
-from batchjob.queue import Queue
 
 EXIT_JOB_FAILED = 1
 STATUS_STYLES = {
@@ -32,6 +31,8 @@ STATUS_STYLES = {
 
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from batchjob.queue import Queue
 
 
 # Rich is imported on first output, not at start-up: `batchjob worker` prints nothing with it
@@ -63,6 +64,9 @@ class CliContext:
 
     @cached_property
     def queue(self) -> Queue:
+        # Imported here, not at the top: `batchjob worker` imports SQLAlchemy its own way.
+        from batchjob.queue import Queue
+
         return Queue(settings=self.settings)
 
 
@@ -343,7 +347,10 @@ def worker(context: CliContext, concurrency: int | None, queues: str | None, bur
     SIGTERM/SIGINT stop gracefully (running jobs get shutdown_grace, then go back to pending);
     SIGHUP reopens the log file.
     """
-    from batchjob.worker.supervisor import Worker
+    from batchjob.worker.lean import openssl_kept_out
+
+    with openssl_kept_out():
+        from batchjob.worker.supervisor import Worker
 
     names = [name.strip() for name in queues.split(",") if name.strip()] if queues else None
     worker = Worker(context.settings, concurrency=concurrency, queues=names, burst=burst)
