@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
+import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
@@ -212,19 +215,22 @@ class Workers:
         *args: str,
         preexec_fn: Callable[[], None] | None = None,
         path_first: Path | None = None,
+        env: Mapping[str, str] | None = None,
     ) -> subprocess.Popen[bytes]:
         """A worker with a systemd-like minimal env; `preexec_fn` sets a limit or a cgroup,
-        `path_first` is a directory of programs found before the system's."""
+        `path_first` is a directory of programs found before the system's, `env` is more of
+        the environment (as a unit's Environment= lines)."""
         path = f"{Path(PYTHON).parent}:/usr/bin:/bin"
-        env = {
+        environment = {
             "PATH": path if path_first is None else f"{path_first}:{path}",
             "BATCH_JOB_DATABASE_URL": self.database_url,
             "BATCH_JOB_LOG_DIR": str(self.directory / "logs"),
+            **(env or {}),
         }
         process = subprocess.Popen(
             [str(BATCHJOB), "worker", *args],
             cwd=self.directory,
-            env=env,
+            env=environment,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             preexec_fn=preexec_fn,  # noqa: PLW1509 - tests pass async-signal-safe set-ups only
@@ -293,3 +299,54 @@ def tmpfs(directory: Path, options: str) -> Iterator[Path]:
         yield directory
     finally:
         subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+@contextlib.contextmanager
+def postgresql_over_tls_only() -> Iterator[str]:
+    """A PostgreSQL server of its own that takes TLS connections only (pg_hba `hostssl`),
+    with a self-signed certificate: the URL to it, verifying that certificate.
+
+    Made by the system's initdb, run as the `postgres` user; where that cannot be done the
+    test is skipped, and under CI=true it fails.
+    """
+    initdb = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not initdb or os.geteuid() != 0:
+        _unreachable("initdb, run as root", RuntimeError(f"initdb at {initdb}"))
+    bin_dir = initdb[-1].parent
+    directory = Path(tempfile.mkdtemp(prefix="batchjob-tls-pg-"))
+    data = directory / "data"
+    as_postgres = ["runuser", "-u", "postgres", "--"]
+
+    def run(command: list[str]) -> None:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            _unreachable("a PostgreSQL of its own", RuntimeError(done.stderr.strip()))
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    try:
+        shutil.chown(directory, "postgres")
+        run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres"])
+        certificate, key = data / "server.crt", data / "server.key"
+        run(
+            ["openssl", "req", "-new", "-x509", "-days", "1", "-nodes", "-subj", "/CN=127.0.0.1",
+             "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", str(key), "-out", str(certificate)]
+        )  # fmt: skip
+        for path in (certificate, key):
+            shutil.chown(path, "postgres")
+        key.chmod(0o600)
+        (data / "pg_hba.conf").write_text("hostssl all all 127.0.0.1/32 trust\n", "utf-8")
+        options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c ssl=on"
+        pg_ctl = [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-w"]
+        run([*pg_ctl, "-o", options, "-l", str(directory / "server.log"), "start"])
+        try:
+            yield (
+                f"postgresql://postgres@127.0.0.1:{port}/postgres"
+                f"?sslmode=verify-full&sslrootcert={certificate}"
+            )
+        finally:
+            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, check=False)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)

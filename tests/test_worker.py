@@ -30,7 +30,15 @@ from batchjob.queue import Queue
 from batchjob.store import WorkerRegistration
 from batchjob.store.migrations import LATEST_VERSION
 from batchjob.store.schema import workers as workers_table
-from conftest import BATCHJOB, Workers, prepared_database, run_cli, tmpfs, wait_until
+from conftest import (
+    BATCHJOB,
+    Workers,
+    postgresql_over_tls_only,
+    prepared_database,
+    run_cli,
+    tmpfs,
+    wait_until,
+)
 from tcp_proxy import TcpProxy
 
 PYTHON = sys.executable
@@ -726,6 +734,42 @@ def test_a_driver_imported_after_the_workers_code_still_gets_ssl(
     finally:
         pool.stop_all()
         queue.close()
+
+
+OTHER_CONNECTIONS_ENCRYPTED = (
+    "SELECT s.ssl FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)"
+    " WHERE a.backend_type = 'client backend' AND a.pid <> pg_backend_pid()"
+)
+
+
+def test_a_worker_on_postgresql_over_tls_leaves_openssl_to_libpq(tmp_path: Path) -> None:
+    with postgresql_over_tls_only() as url:
+        queue = Queue(url)
+        queue.init()
+        pool = Workers(url, tmp_path)
+        try:
+            job = queue.enqueue(["true"])
+            worker = pool.start()
+            assert queue.wait(job.id, timeout=60).status == JobStatus.COMPLETED
+            # psycopg imported without Python's ssl: its libpq verified the certificate.
+            assert {"_ssl.", "_hashlib."}.isdisjoint(openssl_mapped(worker.pid))
+            queue.close()  # what is left connected is the worker
+            engine = create_engine(url)
+            with engine.connect() as conn:
+                encrypted = conn.execute(text(OTHER_CONNECTIONS_ENCRYPTED)).scalars().all()
+            engine.dispose()
+            assert encrypted and all(encrypted)
+        finally:
+            pool.stop_all()
+            queue.close()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_psycopgs_pure_python_wrapper_is_imported_with_ssl(workers: Workers, queue: Queue) -> None:
+    job = queue.enqueue(["true"])
+    worker = workers.start(env={"PSYCOPG_IMPL": "python"})  # it imports ssl, and needs it
+    assert queue.wait(job.id, timeout=60).status == JobStatus.COMPLETED
+    assert "_ssl." in openssl_mapped(worker.pid)
 
 
 def test_a_job_longer_than_its_lease_keeps_it(workers: Workers, queue: Queue) -> None:

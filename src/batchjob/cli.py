@@ -347,10 +347,11 @@ def worker(context: CliContext, concurrency: int | None, queues: str | None, bur
     SIGTERM/SIGINT stop gracefully (running jobs get shutdown_grace, then go back to pending);
     SIGHUP reopens the log file.
     """
-    from batchjob.worker.lean import openssl_kept_out
+    from batchjob.worker.lean import driver_imported_without_openssl, openssl_kept_out
 
     with openssl_kept_out():
         from batchjob.worker.supervisor import Worker
+    driver_imported_without_openssl(context.settings.database_url)
 
     names = [name.strip() for name in queues.split(",") if name.strip()] if queues else None
     worker = Worker(context.settings, concurrency=concurrency, queues=names, burst=burst)
