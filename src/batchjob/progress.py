@@ -52,6 +52,14 @@ class _Sender:
 
     def report(self, report: Report, final: bool) -> None:
         """Write `report` now, or hold it for the timer if a line was written just now."""
+        if self._timer_running and not final and time.monotonic() < self.quiet_until:
+            # A tight loop's call, without the lock (which took half of it): the timer takes
+            # `held` to write only after clearing `_timer_running`, so while that is set it
+            # will write this report, or the latest after it; if it ended meanwhile, the
+            # report is taken as below.
+            self.held = report
+            if self._timer_running:
+                return
         if self._lock is None:  # no timer yet: this thread is the only writer
             if final or time.monotonic() >= self.quiet_until:
                 self._send(report)
