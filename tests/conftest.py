@@ -10,7 +10,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -28,6 +27,7 @@ from sqlalchemy.exc import OperationalError
 from batchjob.config import Settings
 from batchjob.queue import Queue
 from batchjob.store import Store
+from bench.chaos.servers import DATABASE, PostgresServer
 
 SERVERS = {
     "mariadb": "mysql+mysqldb://root@127.0.0.1:3306/test?charset=utf8mb4",
@@ -301,52 +301,52 @@ def tmpfs(directory: Path, options: str) -> Iterator[Path]:
         subprocess.run(["umount", "-l", str(directory)], check=False)
 
 
-@contextlib.contextmanager
-def postgresql_over_tls_only() -> Iterator[str]:
-    """A PostgreSQL server of its own that takes TLS connections only (pg_hba `hostssl`),
-    with a self-signed certificate: the URL to it, verifying that certificate.
+class _PostgresOverTlsOnly(PostgresServer):
+    """The chaos runs' private PostgreSQL, taking TLS connections only (pg_hba `hostssl`),
+    with a self-signed certificate that its URL verifies."""
 
-    Made by the system's initdb, run as the `postgres` user; where that cannot be done the
-    test is skipped, and under CI=true it fails.
-    """
-    initdb = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    if not initdb or os.geteuid() != 0:
-        _unreachable("initdb, run as root", RuntimeError(f"initdb at {initdb}"))
-    bin_dir = initdb[-1].parent
-    directory = Path(tempfile.mkdtemp(prefix="batchjob-tls-pg-"))
-    data = directory / "data"
-    as_postgres = ["runuser", "-u", "postgres", "--"]
-
-    def run(command: list[str]) -> None:
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            _unreachable("a PostgreSQL of its own", RuntimeError(done.stderr.strip()))
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    try:
-        shutil.chown(directory, "postgres")
-        run([*as_postgres, str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres"])
-        certificate, key = data / "server.crt", data / "server.key"
-        run(
+    def _initialise(self) -> None:
+        super()._initialise()
+        certificate, key = self.data / "server.crt", self.data / "server.key"
+        subprocess.run(
             ["openssl", "req", "-new", "-x509", "-days", "1", "-nodes", "-subj", "/CN=127.0.0.1",
              "-addext", "subjectAltName=IP:127.0.0.1",
-             "-keyout", str(key), "-out", str(certificate)]
+             "-keyout", str(key), "-out", str(certificate)],
+            check=True,
+            capture_output=True,
         )  # fmt: skip
         for path in (certificate, key):
-            shutil.chown(path, "postgres")
+            shutil.chown(path, self.user, self.user)
         key.chmod(0o600)
-        (data / "pg_hba.conf").write_text("hostssl all all 127.0.0.1/32 trust\n", "utf-8")
-        options = f"-p {port} -k {directory} -c listen_addresses=127.0.0.1 -c ssl=on"
-        pg_ctl = [*as_postgres, str(bin_dir / "pg_ctl"), "-D", str(data), "-w"]
-        run([*pg_ctl, "-o", options, "-l", str(directory / "server.log"), "start"])
+        (self.data / "pg_hba.conf").write_text("hostssl all all 127.0.0.1/32 trust\n", "utf-8")
+
+    def _command(self) -> list[str]:
+        return [*super()._command(), "-c", "ssl=on"]
+
+    def url(self, host: str, database: str = DATABASE) -> str:
+        certificate = self.data / "server.crt"
+        return f"{super().url(host, database)}?sslmode=verify-full&sslrootcert={certificate}"
+
+
+@contextlib.contextmanager
+def postgresql_over_tls_only() -> Iterator[str]:
+    """A PostgreSQL server of its own that takes TLS connections only: the URL to it.
+
+    It runs as the `postgres` user; where it cannot be made the test is skipped, and under
+    CI=true it fails.
+    """
+    if os.geteuid() != 0:
+        _unreachable("a PostgreSQL of its own", RuntimeError("it needs root to run as postgres"))
+    directory = Path(tempfile.mkdtemp(prefix="batchjob-tls-pg-"))
+    directory.chmod(0o755)  # the server's user reads its data directory in it
+    try:
         try:
-            yield (
-                f"postgresql://postgres@127.0.0.1:{port}/postgres"
-                f"?sslmode=verify-full&sslrootcert={certificate}"
-            )
+            server = _PostgresOverTlsOnly(directory)
+        except (OSError, RuntimeError, subprocess.CalledProcessError) as exc:
+            _unreachable("a PostgreSQL of its own", exc)
+        try:
+            yield server.url("127.0.0.1")
         finally:
-            subprocess.run([*pg_ctl, "-m", "immediate", "stop"], capture_output=True, check=False)
+            server.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
