@@ -71,6 +71,46 @@ def test_concurrent_claimers_take_each_job_exactly_once(store: Store, database_u
     assert Counter(job.worker_id for job in running).keys() == {"w0", "w1", "w2", "w3"}
 
 
+def test_threads_of_one_store_finish_and_claim_in_turn(store: Store) -> None:
+    """A worker's slots share its Store: on SQLite their writes share one connection (taken
+    in turn), on the servers the pool's; each job is still run once and recorded once, and
+    a refused write in one thread leaves the others' writes working."""
+    store.enqueue([NewJob(command=["true", str(n)]) for n in range(600)])
+    store.enqueue([NewJob(command=["held"], queue="elsewhere", unique_key="held")])
+    finished: list[int] = []
+    errors: list[BaseException] = []
+    barrier = threading.Barrier(6)
+
+    def slot(name: str) -> None:
+        try:
+            barrier.wait()
+            request = ClaimRequest(name, ["default"], 1, 300)
+            claimed = store.claim(name, ["default"], 1, lease_timeout=300)
+            while claimed:
+                (item,) = claimed
+                with pytest.raises(DuplicateJob):  # refused within a write of its own
+                    store.enqueue([NewJob(command=["again"], unique_key="held")])
+                assert store.get(item.job.id).worker_id == name  # a read between the writes
+                done = Outcome(JobStatus.COMPLETED, exit_code=0, evidence={"slot": name})
+                recorded, claimed = store.finish_and_claim(item.lease, done, request)
+                assert recorded
+                finished.append(item.job.id)
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=slot, args=(f"slot{n}",)) for n in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert len(finished) == len(set(finished)) == 600
+    completed = store.list_jobs(statuses=[JobStatus.COMPLETED], limit=1000)
+    assert len(completed) == 600
+    assert {job.attempt for job in completed} == {1}
+    assert len({job.worker_id for job in completed}) > 1, "the slots really took turns"
+
+
 def test_claim_order_is_priority_then_due_time_then_id(store: Store) -> None:
     low, high, later, delayed = store.enqueue(
         [

@@ -64,6 +64,7 @@ from batchjob.redact import mask_url_passwords
 from batchjob.store import dialects, health, migrations, wakeups
 from batchjob.store.driver import DriverStatement
 from batchjob.store.schema import Moment, concurrency_locks, events, jobs, workers
+from batchjob.store.writer import SharedWriter
 
 T = TypeVar("T")
 
@@ -161,6 +162,9 @@ class Store:
         except (ImportError, NoSuchModuleError) as exc:
             raise dialects.missing_driver(self.url, self.display_url, exc) from None
         dialects.prepare_engine(self._engine)
+        self._writer = (
+            SharedWriter(self._engine) if dialects.writes_on_one_connection(self.url) else None
+        )
         self._recycle_checked = False
         self._claims_in_one_statement = dialects.modifies_in_one_statement(self._engine.dialect)
 
@@ -170,6 +174,8 @@ class Store:
 
     def close(self) -> None:
         """Close every pooled connection (a forked child must never reuse one)."""
+        if self._writer is not None:
+            self._writer.close()
         self._engine.dispose()
 
     # ---- schema -------------------------------------------------------------------------
@@ -728,7 +734,12 @@ class Store:
         def transaction() -> T:
             nonlocal committing
             committing = autocommit
-            with self._engine.connect() as conn:
+            lender: SharedWriter | Connection
+            if self._writer is not None and not read_only and not autocommit:
+                lender = self._writer
+            else:
+                lender = self._engine.connect()
+            with lender as conn:
                 if read_only:
                     conn.execution_options(**{dialects.READ_ONLY_OPTION: True})
                 if autocommit:

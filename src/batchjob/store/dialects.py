@@ -282,6 +282,12 @@ def _writer_gate(database: str | None) -> _WriterGate | None:
     return _WriterGate(f"{database}-writers")
 
 
+def writes_on_one_connection(url: URL) -> bool:
+    """SQLite on a file: a process's writes take turns on one connection (`store.writer`),
+    as its writer gate makes them take turns anyway."""
+    return url.get_backend_name() == "sqlite" and _writer_gate(url.database) is not None
+
+
 def recycle_below_wait_timeout(connection: Connection) -> int | None:
     """Seconds a pooled connection may live on this server, or None where nothing closes it."""
     if connection.dialect.name not in ("mysql", "mariadb"):
