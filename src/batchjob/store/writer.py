@@ -3,10 +3,11 @@
 SQLite runs one write transaction at a time, and the writer gate (`dialects`) already queues
 a process's writers one behind the other. Each writer on a connection of its own made every
 write start cold: SQLite drops a connection's page cache whenever another connection has
-written, so a worker's two slots, taking turns, read back every page they touch (20 reads a
-`/bin/true` job, strace) and handed the GIL back and forth around each read. Kept on one
-connection, a process's writes find their pages cached while no other process writes.
-Reads keep connections of their own from the pool and never wait for a writer (WAL).
+written, so a worker's two slots, taking turns, read back every page they touch
+(`perf trace`: 20 reads a `/bin/true` job, none with one slot) and handed the GIL back and
+forth around each. Kept on one connection, a process's writes find their pages cached
+while no other process writes. Reads keep connections of their own from the pool and never
+wait for a writer (WAL).
 """
 
 from __future__ import annotations
