@@ -113,6 +113,7 @@ def test_the_short_chaos_run_loses_nothing_and_runs_nothing_twice_at_once(
     assert report["interrupted_without_event"] == 0
     assert report["leftover_processes"] == 0
     assert report["unexpected_fds"] == 0
+    assert report["workers_gone"] == 0, report["details"]["workers_gone"]
     assert report["rows"] == report["jobs"] == 300
     kinds = {"worker_kill", "job_kill", "worker_stop", "database_restart"}
     if database != "sqlite":

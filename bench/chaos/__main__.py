@@ -196,6 +196,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         control = fleet.control(control_log)
         time.sleep(3.0)
         control_fds = checks.descriptors(control.pid, control_log)
+        gone = checks.workers_gone(fleet)
         first_look = [
             checks.descriptors(slot.pid, fleet.log_dir(slot.index)) for slot in fleet.slots
         ]
@@ -245,6 +246,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "interrupted_without_event": len(unexplained),
             "leftover_processes": len(leftovers),
             "unexpected_fds": len(unexpected),
+            "workers_gone": len(gone),
             "rows": rows,
             "worker_exit_codes": sorted(Counter(map(str, exit_codes.values())).items()),
             "runs": len(runs),
@@ -260,6 +262,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 "interrupted_without_event": unexplained[:20],
                 "leftover_processes": leftovers[:20],
                 "unexpected_fds": unexpected,
+                "workers_gone": gone,
             },
         }
         report["ok"] = (
@@ -270,6 +273,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             and not unexplained
             and not leftovers
             and not unexpected
+            and not gone
             and rows == args.jobs
             and not injector.errors
             and all(count >= args.faults for count in report["faults"].values())
@@ -312,6 +316,7 @@ def summary(report: dict[str, Any]) -> str:
         "events)",
         f"leftover processes: {report['leftover_processes']}",
         f"workers holding unexpected fds: {report['unexpected_fds']}",
+        f"workers gone before the end: {report['workers_gone']}",
         f"rows: {report['rows']} (enqueued {report['jobs']})",
         f"worker exit codes at SIGTERM: {report['worker_exit_codes']}",
         f"jobs run to their end more than once: {report['jobs_run_to_their_end_more_than_once']}",

@@ -11,6 +11,7 @@ from typing import Any
 import psutil
 from sqlalchemy import create_engine, text
 
+from batchjob.worker.supervisor import WORKER_LOG_NAME
 from bench.chaos import ledger
 from bench.chaos.fleet import Fleet
 
@@ -101,11 +102,34 @@ def leftover_processes(fleet: Fleet) -> list[str]:
     return found
 
 
+def workers_gone(fleet: Fleet) -> list[dict[str, Any]]:
+    """The fleet's workers that ended before the run's end (none should): each with its exit
+    code and the last lines of its log, the evidence of why."""
+    gone = []
+    for slot in fleet.slots:
+        if slot.process.poll() is None:
+            continue
+        log = fleet.log_dir(slot.index) / WORKER_LOG_NAME
+        try:
+            tail = log.read_text(errors="replace").splitlines()[-10:]
+        except OSError as exc:
+            tail = [f"no log: {exc}"]
+        gone.append(
+            {"slot": slot.index, "pid": slot.pid, "exit_code": slot.process.returncode, "log": tail}
+        )
+    return gone
+
+
 def descriptors(pid: int, log_dir: Path) -> Counter[str]:
     """A worker's open descriptors by kind: socket, pipe, anon_inode:…, or the file's path
-    (its own log directory written as <log_dir>, so that workers can be compared)."""
+    (its own log directory written as <log_dir>, so that workers can be compared); none for
+    a worker that has ended (`workers_gone` reports it)."""
     kinds: Counter[str] = Counter()
-    for entry in Path(f"/proc/{pid}/fd").iterdir():
+    try:
+        entries = list(Path(f"/proc/{pid}/fd").iterdir())
+    except FileNotFoundError:
+        return kinds
+    for entry in entries:
         try:
             target = os.readlink(entry)
         except OSError:
