@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.chaos import checks, ledger
+from bench.chaos.fleet import Fleet
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKER = "vm:4242:abc123"
@@ -84,6 +85,33 @@ def test_a_worker_holding_a_job_log_or_extra_pipes_is_reported() -> None:
         "4 x pipe (a fresh worker: 2)",
         "1 x <log_dir>/jobs/7.log",
     ]
+
+
+def test_a_worker_gone_before_the_end_is_reported_with_its_exit_code_and_log(
+    tmp_path: Path,
+) -> None:
+    """Real processes in the fleet's slots: `sleep` lives on, `sh` writes a log and exits."""
+    script = tmp_path / "fake-batchjob"
+    script.write_text(
+        '#!/bin/sh\nif [ "$BATCH_JOB_DATABASE_URL" = live ]; then exec sleep 30; fi\n'
+        'mkdir -p "$BATCH_JOB_LOG_DIR"\n'
+        'echo "ERROR action=worker_crashed" > "$BATCH_JOB_LOG_DIR/batch_job_worker.log"\n'
+        "exit 3\n"
+    )
+    script.chmod(0o755)
+    fleet = Fleet(
+        2, tmp_path, str(script), url=lambda index: "live" if index == 0 else "gone",
+        prefix=lambda _index: [],
+    )  # fmt: skip
+    try:
+        fleet.slots[1].process.wait(10)
+        (gone,) = checks.workers_gone(fleet)
+        assert gone["slot"] == 1 and gone["pid"] == fleet.slots[1].pid
+        assert gone["exit_code"] == 3 and gone["log"] == ["ERROR action=worker_crashed"]
+        assert checks.descriptors(fleet.slots[1].pid, fleet.log_dir(1)) == Counter()
+        assert checks.descriptors(fleet.slots[0].pid, fleet.log_dir(0))  # alive: it has some
+    finally:
+        fleet.terminate(timeout=5)
 
 
 @pytest.mark.chaos
