@@ -194,26 +194,28 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         time.sleep(1.0)  # let the last finishes settle before looking at descriptors
         control_log = directory / "logs" / "control"
         control = fleet.control(control_log)
-        time.sleep(3.0)
-        control_fds = checks.descriptors(control.pid, control_log)
-        gone = checks.workers_gone(fleet)
-        first_look = [
-            checks.descriptors(slot.pid, fleet.log_dir(slot.index)) for slot in fleet.slots
-        ]
-        time.sleep(2.0)  # what is held in both looks is held, not just being opened or closed
-        unexpected = {
-            f"slot {slot.index} pid {slot.pid}": [*found, *checks.sockets(slot.pid)]
-            for slot, first in zip(fleet.slots, first_look, strict=True)
-            if (
-                found := checks.unexpected_descriptors(
-                    first & checks.descriptors(slot.pid, fleet.log_dir(slot.index)),
-                    control_fds,
-                    database.file,
+        try:  # a fresh worker beside the fleet, which the fleet's own ending does not stop
+            time.sleep(3.0)
+            control_fds = checks.descriptors(control.pid, control_log)
+            gone = checks.workers_gone(fleet)
+            first_look = [
+                checks.descriptors(slot.pid, fleet.log_dir(slot.index)) for slot in fleet.slots
+            ]
+            time.sleep(2.0)  # what is held in both looks is held, not just being opened or closed
+            unexpected = {
+                f"slot {slot.index} pid {slot.pid}": [*found, *checks.sockets(slot.pid)]
+                for slot, first in zip(fleet.slots, first_look, strict=True)
+                if (
+                    found := checks.unexpected_descriptors(
+                        first & checks.descriptors(slot.pid, fleet.log_dir(slot.index)),
+                        control_fds,
+                        database.file,
+                    )
                 )
-            )
-        }
-        control.terminate()
-        control.wait(30)
+            }
+        finally:
+            control.terminate()
+            control.wait(30)
         exit_codes = fleet.terminate()
         time.sleep(0.5)
         leftovers = checks.leftover_processes(fleet)
