@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from batchjob.diagnosis.context import INTERPRETER_LOOKUP_SECONDS, execution_context
 from batchjob.model import JobStatus
 from batchjob.queue import Queue
 from batchjob.runner import JobSpec, RunControl, StopReason, run, watch
@@ -128,6 +130,30 @@ def test_env_diff_names_a_variable_set_only_in_the_job(
         "env-diff", str(job.id), cwd=tmp_path, env={"BATCH_JOB_DATABASE_URL": workers.database_url}
     )
     assert "ONLY_IN_THE_JOB" in text_view.stdout
+
+
+def test_the_recorded_interpreter_follows_a_program_that_changes(tmp_path: Path) -> None:
+    """A job's evidence names the program its command ran as; the lookup is kept for a
+    moment, never for the worker's life: a link re-pointed (an upgrade, update-alternatives)
+    or a virtualenv made around it shows in the evidence of the jobs that end afterwards."""
+    (tmp_path / "bin").mkdir()
+    old_build, new_build = tmp_path / "tool-1.0", tmp_path / "tool-2.0"
+    for program in (old_build, new_build):
+        program.write_text("#!/bin/sh\n")
+        program.chmod(0o755)
+    link = tmp_path / "bin" / "tool"
+    link.symlink_to(old_build)
+    env = {"PATH": str(tmp_path / "bin")}
+    before = execution_context(env, ["tool"], None)
+
+    link.unlink()
+    link.symlink_to(new_build)
+    (tmp_path / "pyvenv.cfg").write_text("home = /usr/bin\n")
+    time.sleep(INTERPRETER_LOOKUP_SECONDS + 0.1)
+    after = execution_context(env, ["tool"], None)
+
+    assert (before["interpreter"], before["virtualenv"]) == (str(old_build), None)
+    assert (after["interpreter"], after["virtualenv"]) == (str(new_build), str(tmp_path))
 
 
 def test_run_like_worker_gives_eof_on_stdin_and_the_job_variables(tmp_path: Path) -> None:

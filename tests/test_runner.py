@@ -275,6 +275,21 @@ def test_a_capped_logs_kept_tail_is_joined_a_piece_at_a_time(tmp_path: Path) -> 
     assert peak < 8 * MiB
 
 
+def test_the_next_attempt_removes_the_tail_segments_of_one_cut_off(tmp_path: Path) -> None:
+    """A worker killed while a capped attempt kept its tail leaves the segments beside the
+    log; the job's next attempt, appending to the same log, removes them."""
+    log = tmp_path / "job-1.log"
+    log.write_bytes(b"2026-12-01T00:00:00.000Z out  | the cut-off attempt's head\n")
+    for name in ("job-1.log.tail0", "job-1.log.tail1"):
+        (tmp_path / name).write_bytes(b"2026-12-01T00:00:01.000Z out  | its kept tail\n")
+
+    result = run_job(tmp_path, ["/bin/echo", "the next attempt"])
+
+    assert result.exit_code == 0
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["job-1.log"]
+    assert log.read_bytes().startswith(b"2026-12-01T00:00:00.000Z out  | the cut-off")
+
+
 @pytest.fixture
 def full_disk(tmp_path: Path) -> Iterator[Path]:
     """A 1 MiB tmpfs: the log disk fills up while the job writes."""

@@ -49,8 +49,13 @@ class JobLog:
     _tail_current: int = -1  # -1: still writing the head
 
     def __post_init__(self) -> None:
+        self._earlier_attempts = False
         try:
             self._file = _open_log(self.path)
+            # An earlier attempt cut off while keeping a tail (its worker killed) left its
+            # segments; only a log with an earlier attempt in it can have them, and a first
+            # attempt's end is spared two failing unlinks (perf: 1.3 % of a /bin/true worker).
+            self._earlier_attempts = os.lseek(self._file, 0, os.SEEK_END) > 0
         except OSError as exc:  # the job runs all the same: its output is drained, not kept
             self._file = -1
             self.disk_error = os.strerror(exc.errno) if exc.errno else str(exc)
@@ -96,8 +101,9 @@ class JobLog:
             for index in (older, self._tail_current):
                 if self._tail_sizes[index]:
                     self._append_file(self._tail_paths[index])
-        for tail in self._tail_paths:  # this attempt's, or an earlier one's that was cut off
-            _remove(tail)
+        if self._tail_current >= 0 or self._earlier_attempts:
+            for tail in self._tail_paths:  # this attempt's, or an earlier one's cut off
+                _remove(tail)
         os.close(self._file)
         self._file = -1
 

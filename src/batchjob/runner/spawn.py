@@ -57,6 +57,7 @@ def reserve_progress_fds(count: int = 1) -> None:
     more wait for a number (rather than be given one over 9).
     """
     global _reserved  # noqa: PLW0603 - the numbers are the process's, for its lifetime
+    _devnull()  # held from the start, as the numbers are: a worker's descriptors stay the same
     with _reserving:
         while _reserved < count:
             slot = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
@@ -150,7 +151,7 @@ def start(request: SpawnRequest, tmpdir: Path) -> Spawned:
         env = build_environment(request, tmpdir, slot)
         process = subprocess.Popen(
             request.command,
-            stdin=subprocess.DEVNULL,
+            stdin=_devnull(),
             stdout=out_write,
             stderr=err_write,
             pass_fds=(slot,),
@@ -166,11 +167,16 @@ def start(request: SpawnRequest, tmpdir: Path) -> Spawned:
     finally:
         for descriptor in (out_write, err_write):
             os.close(descriptor)
-        placeholder = os.open(os.devnull, os.O_RDONLY | os.O_CLOEXEC)
-        os.dup2(placeholder, slot, inheritable=False)
-        os.close(placeholder)
+        os.dup2(_devnull(), slot, inheritable=False)
         _progress_slots.put(slot)
     return Spawned(process, out_read, err_read, progress_read, env)
+
+
+@functools.cache
+def _devnull() -> int:
+    """/dev/null, open for the worker's lifetime: every job's stdin, and what a reserved
+    number points at between spawns (opened for each job, four system calls a job)."""
+    return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
 
 def _output_pipe() -> tuple[int, int]:
