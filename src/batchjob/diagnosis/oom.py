@@ -8,28 +8,28 @@ kernel log (`dmesg`), which names the killed pid when it is readable.
 from __future__ import annotations
 
 import functools
+import os
 import re
 import subprocess
 from pathlib import Path
 
-from batchjob.runner import watch
-
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 DMESG_TIMEOUT_SECONDS = 2.0
+COUNTER_FILE_BYTES = 64 * 1024  # a few lines in both versions
 # The counter's line in both versions' files (v2 memory.events, v1 memory.oom_control).
 _COUNTER_LINE = re.compile(rb"^oom_kill (\d+)$", re.MULTILINE)
 
 
 def oom_kill_count() -> int | None:
     """The OOM kills counted in this process's memory cgroup (jobs share it), if readable."""
-    for path in _counter_files():
-        try:
-            found = _COUNTER_LINE.search(watch.read_kernel_file(path))
-        except OSError:
-            continue
-        if found is not None:
-            return int(found.group(1))
-    return None
+    descriptor = _counter_file()
+    if descriptor is None:
+        return None
+    try:
+        found = _COUNTER_LINE.search(os.pread(descriptor, COUNTER_FILE_BYTES, 0))
+    except OSError:
+        return None
+    return int(found.group(1)) if found is not None else None
 
 
 def oom_evidence(pid: int, count_before: int | None) -> str | None:
@@ -44,14 +44,15 @@ def oom_evidence(pid: int, count_before: int | None) -> str | None:
 
 
 @functools.cache
-def _counter_files() -> list[str]:
-    """Where this process's cgroup counts OOM kills: found once (a process stays in its
-    cgroup), so that each job's start reads one file, not every place it might be."""
+def _counter_file() -> int | None:
+    """The file where this process's cgroup counts OOM kills, found and opened once (a
+    process stays in its cgroup) and kept open: each job's start is one read of it at
+    offset 0, not an open, two reads and a close. None where no such file can be read."""
     candidates: list[Path] = []
     try:
         lines = Path("/proc/self/cgroup").read_text().splitlines()
     except OSError:
-        return []
+        return None
     for line in lines:
         _hierarchy, controllers, path = line.split(":", 2)
         relative = path.lstrip("/")
@@ -60,7 +61,18 @@ def _counter_files() -> list[str]:
             candidates.append(CGROUP_ROOT / "unified" / relative / "memory.events")
         elif "memory" in controllers.split(","):
             candidates.append(CGROUP_ROOT / "memory" / relative / "memory.oom_control")
-    return [str(candidate) for candidate in candidates if candidate.exists()]
+    for candidate in candidates:
+        try:
+            descriptor = os.open(candidate, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError:
+            continue
+        try:
+            if _COUNTER_LINE.search(os.pread(descriptor, COUNTER_FILE_BYTES, 0)):
+                return descriptor
+        except OSError:
+            pass
+        os.close(descriptor)
+    return None
 
 
 def _kernel_log_line(pid: int) -> str | None:

@@ -343,11 +343,8 @@ class _Attempt:
         watch.signal_all(watch.job_processes(self.process.pid, self.job_id), signal.SIGKILL)
 
     def _end_leftovers(self, why: str) -> None:
-        leftovers = [
-            process
-            for process in watch.job_processes(self.process.pid, self.job_id)
-            if process.pid != self.process.pid
-        ]
+        """After the main process has exited and been waited for."""
+        leftovers = watch.job_processes(self.process.pid, self.job_id, root_reaped=True)
         if leftovers and self.term_sent_at is not None:
             # Already sent SIGTERM (or SIGKILL) with the rest of the tree: they are on their
             # way out, not leftovers; give them what is left of their grace.

@@ -150,13 +150,15 @@ def descendants(pid: int) -> list[int]:
 
 
 def job_processes(
-    root_pid: int, job_id: int, worker_pid: int | None = None
+    root_pid: int, job_id: int, worker_pid: int | None = None, *, root_reaped: bool = False
 ) -> list[psutil.Process]:
     """The live processes of the job whose main process is (or was) `root_pid`.
 
     `worker_pid` is the worker that adopts the job's orphans: this process by default.
+    `root_reaped`: the main process has been waited for, so its pid is not looked up (it may
+    be another process's by now); what it left is among the adopted.
     """
-    members = [root_pid, *descendants(root_pid)]
+    members = [] if root_reaped else [root_pid, *descendants(root_pid)]
     marker = str(job_id)
     for orphan in adopted(worker_pid or os.getpid()):
         if orphan in _own_children or orphan in members:

@@ -28,6 +28,7 @@ from types import FrameType
 
 from batchjob import __version__
 from batchjob.config import Settings
+from batchjob.diagnosis.oom import oom_kill_count
 from batchjob.errors import StoreUnavailable
 from batchjob.runner import StopReason, watch
 from batchjob.runner.scratch import PrivateTmp
@@ -101,6 +102,7 @@ class Worker:
     def run(self) -> int:
         """Work until stopped (or, with burst, until nothing is due); returns the exit code."""
         reserve_progress_fds(self.concurrency)  # before anything else takes the low numbers
+        oom_kill_count()  # opens its counter's file for good: the descriptors stay as at start
         sys.setswitchinterval(GIL_SWITCH_SECONDS)
         _reuse_freed_memory()
         _skip_unlogged_record_fields()
