@@ -37,7 +37,7 @@ SANDBOX_PROPERTIES = (
 LOCALE_VARIABLES = ("LANG", "LC_ALL", "LC_CTYPE", "PYTHONIOENCODING", "PYTHONUTF8")
 INTERPRETER_LOOKUP_SECONDS = 1.0
 INTERPRETER_LOOKUPS_KEPT = 256
-_interpreters: dict[tuple[str | None, ...], tuple[float | None, tuple[str | None, str | None]]] = {}
+_interpreters: dict[tuple[str | None, ...], tuple[float, tuple[str | None, str | None]]] = {}
 """(program, PATH, VIRTUAL_ENV) -> (when looked up, (interpreter, virtualenv))."""
 
 
@@ -64,14 +64,14 @@ def _interpreter(
     """The program `name` runs as on `path` (links resolved) and its virtualenv.
 
     Looked up once a second for the same arguments, not at every job's end: the lookup is
-    a dozen system calls (22 us, 2 % of a /bin/true job's worker), and its answer is
+    nine system calls (22 us, 2 % of a /bin/true job's worker), and its answer is
     already as old as the job it describes, since it is taken when the job has ended.
     """
     key = (name, path, virtual_env)
     now = time.monotonic()
-    looked_up, answer = _interpreters.get(key, (None, (None, None)))
-    if looked_up is not None and now - looked_up < INTERPRETER_LOOKUP_SECONDS:
-        return answer
+    known = _interpreters.get(key)
+    if known is not None and now - known[0] < INTERPRETER_LOOKUP_SECONDS:
+        return known[1]
     found = shutil.which(name, path=path) if name else None
     answer = (os.path.realpath(found) if found else None, virtual_env or _virtualenv(found))
     if len(_interpreters) >= INTERPRETER_LOOKUPS_KEPT:

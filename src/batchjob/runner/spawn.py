@@ -175,7 +175,7 @@ def start(request: SpawnRequest, tmpdir: Path) -> Spawned:
 @functools.cache
 def _devnull() -> int:
     """/dev/null, open for the worker's lifetime: every job's stdin, and what a reserved
-    number points at between spawns (opened for each job, four system calls a job)."""
+    number points at between spawns (opening it for each job cost four system calls)."""
     return os.open(os.devnull, os.O_RDWR | os.O_CLOEXEC)
 
 
