@@ -197,7 +197,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         try:  # a fresh worker beside the fleet, which the fleet's own ending does not stop
             time.sleep(3.0)
             control_fds = checks.descriptors(control.pid, control_log)
-            gone = checks.workers_gone(fleet)
             first_look = [
                 checks.descriptors(slot.pid, fleet.log_dir(slot.index)) for slot in fleet.slots
             ]
@@ -213,6 +212,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     )
                 )
             }
+            # After both looks: a worker that ended between them has no descriptors to show.
+            gone = checks.workers_gone(fleet)
         finally:
             control.terminate()
             control.wait(30)
