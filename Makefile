@@ -33,7 +33,7 @@ chaos-long: $(STAMP)
 BENCH_OUT ?= bench/results
 bench: $(STAMP)
 	mkdir -p $(BENCH_OUT)
-	$(BIN)/python bench/peers/run.py --jobs 2000 \
+	$(BIN)/python bench/peers/run.py --jobs 2000 --rounds 3 \
 		--peers floor-sqlite,batchjob-sqlite,floor-mariadb,batchjob-mariadb,floor-postgresql,batchjob-postgresql \
 		--json $(BENCH_OUT)/batchjob-as-a-peer.json
 	$(BIN)/python -m bench.suite --json $(BENCH_OUT)/suite.json
@@ -41,7 +41,7 @@ bench: $(STAMP)
 bench-peers: $(STAMP)
 	mkdir -p $(BENCH_OUT)
 	bash bench/peers/setup.sh
-	bench/peers/.venv/bin/python bench/peers/run.py --jobs 2000 --json $(BENCH_OUT)/peers.json
+	bench/peers/.venv/bin/python bench/peers/run.py --jobs 2000 --rounds 3 --json $(BENCH_OUT)/peers.json
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from batchjob.worker.leases import TICK_SECONDS
 
@@ -40,7 +43,7 @@ def test_the_floors_run_every_job_once_through_the_peers_harness(tmp_path: Path)
     report = tmp_path / "floor.json"
     peers = "floor-sqlite,floor-mariadb,floor-postgresql"
     done = subprocess.run(
-        [sys.executable, "bench/peers/run.py", "--peers", peers, "--jobs", "20",
+        [sys.executable, "bench/peers/run.py", "--peers", peers, "--jobs", "20", "--rounds", "2",
          "--enqueue-jobs", "50", "--bulk-jobs", "200", "--latency-jobs", "5",
          "--pg-database", "bench_peers_smoke", "--json", str(report)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
@@ -52,5 +55,10 @@ def test_the_floors_run_every_job_once_through_the_peers_harness(tmp_path: Path)
         assert row["errors"] == {} and "error" not in row, row
         for label in ("python", "true"):
             assert row[label]["ratio"] > 0 and row[label]["most_at_once"] == 2
+            # Two turns of the bare loop and the floor, each ratio to its own bare turn.
+            turns = zip(row[f"{label}_baseline"]["rounds"], row[label]["rounds"], strict=True)
+            ratios = [floor["jobs_per_s"] / bare["jobs_per_s"] for bare, floor in turns]
+            assert len(ratios) == 2
+            assert row[label]["ratio"] == pytest.approx(statistics.median(ratios))
         assert row["enqueue_per_s"] > 0 and row["enqueue_bulk_per_s"] > 0
         assert row["idle_rss_mib"] > 0 and row["latency_p50_ms"] > 0
