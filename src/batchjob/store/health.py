@@ -258,8 +258,8 @@ def _expired_leases(connection: Connection, now: datetime) -> list[dict[str, Any
 
 
 def _running_jobs(connection: Connection) -> list[dict[str, Any]]:
-    """Running jobs, oldest first (served by the (status, started_at) index, which on SQLite
-    and PostgreSQL holds only the rows that name a start)."""
+    """Running jobs, oldest first: a few rows (a slot's each), found through the claim index
+    by their status and sorted; an index of their start cost every job two entries."""
     query = (
         select(jobs.c.id, jobs.c.worker_id, jobs.c.pid, jobs.c.started_at)
         .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.started_at.is_not(None))

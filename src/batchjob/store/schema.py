@@ -127,13 +127,6 @@ Index(
     jobs.c.lease_expires_at,
     info={ONLY_WHERE_SET: "lease_expires_at"},
 )
-# The running jobs, oldest first (`WHERE status = 'running' AND started_at IS NOT NULL`).
-Index(
-    "ix_batch_job_queue_started",
-    jobs.c.status,
-    jobs.c.started_at,
-    info={ONLY_WHERE_SET: "started_at"},
-)
 # Finished rows by completion time (`WHERE status = 'failed' AND completed_at < ?`).
 Index(
     "ix_batch_job_queue_completed",
