@@ -32,6 +32,11 @@ def test_the_suite_measures_each_figure_against_its_baseline(tmp_path: Path) -> 
     assert progress["reporting"]["last_progress"] == progress["units"], "the last report landed"
     assert progress["silent"]["last_progress"] is None
     assert [len(side) for side in progress["rounds"].values()] == [3, 3]
+    middle = {
+        side: sorted(turn["seconds"] for turn in turns)[1]
+        for side, turns in progress["rounds"].items()
+    }
+    assert progress["speed_ratio"] == pytest.approx(middle["silent"] / middle["reporting"])
     # Claim and finish at least (a job shorter than the lease keeper's half-second tick may
     # have its progress written with its outcome); at most two writes a tick besides.
     reporting = progress["reporting"]
