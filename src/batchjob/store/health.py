@@ -262,7 +262,7 @@ def _running_jobs(connection: Connection) -> list[dict[str, Any]]:
     by their status and sorted; an index of their start cost every job two entries."""
     query = (
         select(jobs.c.id, jobs.c.worker_id, jobs.c.pid, jobs.c.started_at)
-        .where(jobs.c.status == JobStatus.RUNNING.value, jobs.c.started_at.is_not(None))
+        .where(jobs.c.status == JobStatus.RUNNING.value)
         .order_by(jobs.c.started_at)
         .limit(ROW_LIMIT)
     )
