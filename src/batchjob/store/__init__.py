@@ -1261,7 +1261,6 @@ _INSERT_JOB = insert(jobs).values(
 # was a quarter of a bulk enqueue's time.
 _ASSIGNED = (jobs.c.id, jobs.c.created_at, jobs.c.run_at)
 _INSERT_JOB_RETURNING = _INSERT_JOB.returning(*_ASSIGNED, sort_by_parameter_order=True)
-_NOT_JOB_FIELDS = (*_SCHEDULE_PARAMETERS, "active_unique_key")
 
 
 @functools.cache
@@ -1358,12 +1357,15 @@ def _insert_jobs_from_arrays(keys: tuple[str, ...]) -> Any:
 
 
 def _new_job(parameters: dict[str, Any], assigned: Sequence[Any]) -> Job:
-    """The Job just inserted with `parameters`, as `get` would read it back."""
-    values = _JOB_DEFAULTS | parameters  # then three deletions: half a filtering's time
-    for name in _NOT_JOB_FIELDS:
-        del values[name]
+    """The Job just inserted with `parameters`, as `get` would read it back.
+
+    Its fields are set on a copy of a new job's: merging the fields' defaults with the
+    parameters (three of which are no field) made a dict twice the size of its 42 fields
+    (1,584 bytes, not 832), and a bulk enqueue builds them by the ten thousand.
+    """
+    values = _NEW_JOB_FIELDS.copy()
+    values.update(zip(_JOB_FIELDS_GIVEN, _job_fields_given(parameters), strict=True))
     values["id"], values["created_at"], values["run_at"] = assigned
-    values["status"] = JobStatus.PENDING
     return Job.from_fields(values)
 
 
@@ -1472,7 +1474,17 @@ def _job_from_columns(
 
 
 _JOB_COLUMNS = [field.name for field in fields(Job) if field.name != "diagnosis"]
-_JOB_DEFAULTS = {field.name: field.default for field in fields(Job) if field.default is not MISSING}
+# Every field of a job just enqueued, as far as the insert's parameters do not set it.
+_NEW_JOB_FIELDS = {
+    field.name: None if field.default is MISSING else field.default for field in fields(Job)
+} | {"status": JobStatus.PENDING}
+# The insert's parameters that are the job's fields as they are (its status is a text there).
+_JOB_FIELDS_GIVEN = tuple(
+    name
+    for name in _insert_parameters(NewJob(command=()))
+    if name in _NEW_JOB_FIELDS and name != "status"
+)
+_job_fields_given = itemgetter(*_JOB_FIELDS_GIVEN)
 
 
 def _seconds(value: float | None) -> float | None:
