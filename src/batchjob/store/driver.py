@@ -21,6 +21,7 @@ from typing import Any
 from sqlalchemy import Connection, Dialect, Select
 from sqlalchemy.engine.interfaces import DBAPICursor
 from sqlalchemy.exc import DBAPIError
+from sqlalchemy.sql import sqltypes
 from sqlalchemy.sql.compiler import SQLCompiler
 from sqlalchemy.sql.expression import UpdateBase
 from sqlalchemy.types import TypeEngine
@@ -72,7 +73,7 @@ class DriverStatement:
         by_name = {name: bind for bind, name in compiled.bind_names.items()}
         names = tuple(compiled.positiontup or by_name)
         converters = (
-            (position, by_name[name].type.dialect_impl(dialect).bind_processor(dialect))
+            (position, _bind_converter(by_name[name].type.dialect_impl(dialect), dialect))
             for position, name in enumerate(names)
         )
         columns: Iterable[Any] = compiled.returning or (
@@ -185,6 +186,22 @@ class _Cursor:
                 connection_invalidated=lost,
                 dialect=dialect,
             ) from exc
+
+
+def _bind_converter(type_: TypeEngine[Any], dialect: Dialect) -> Converter | None:
+    """The type's bind processor; for JSON, the engine's serializer itself where SQLAlchemy's
+    processor would only call it. That processor looks first for `JSON.NULL` and `null()`,
+    which batchjob never binds: 0.2 us a value, four values a new job."""
+    serializer = getattr(dialect, "_json_serializer", None)
+    if (
+        isinstance(type_, sqltypes.JSON)
+        and type(type_).bind_processor is sqltypes.JSON.bind_processor
+        and not type_.none_as_null
+        and serializer is not None
+        and type_._str_impl.bind_processor(dialect) is None
+    ):
+        return serializer  # type: ignore[no-any-return]
+    return type_.bind_processor(dialect)
 
 
 def _getter(names: tuple[str, ...]) -> Callable[[Mapping[str, Any]], tuple[Any, ...]]:
