@@ -19,12 +19,16 @@ def test_the_suite_measures_each_figure_against_its_baseline(tmp_path: Path) -> 
     report = tmp_path / "suite.json"
     done = subprocess.run(
         [sys.executable, "-m", "bench.suite", "--smoke", "--databases", "sqlite",
-         "--figures", "output,claim_cost,progress", "--json", str(report)],
+         "--figures", "enqueue,output,claim_cost,progress", "--json", str(report)],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
     figures = json.loads(report.read_text())["sqlite"]
     output, claim, progress = figures["output"], figures["claim_cost"], figures["progress"]
+    enqueue = figures["enqueue"]
+    assert enqueue["bulk_per_s"] > 0 and enqueue["driver_bulk_per_s"] > 0
+    (enqueue_line,) = [line for line in done.stdout.splitlines() if " enqueue " in line]
+    assert "bulk_per_s >= 50,000" in enqueue_line, "both of enqueue's targets are checked"
     assert output["bare_seconds"] > 0 and output["worker_seconds"] > 0
     assert output["cat_seconds"] > 0 and all(len(side) == 3 for side in output["rounds"].values())
     assert output["worker_rss_peak_mib"] >= output["worker_rss_idle_mib"] > 0

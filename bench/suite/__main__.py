@@ -38,11 +38,12 @@ FIGURES = {
     "progress": KINDS,
     "scaling": ("mariadb", "postgresql"),
 }
+#: Each figure's targets from the issue: (key, sense, target), all of which it must meet.
 TARGETS = {
-    "enqueue": ("one_by_one_per_s", ">=", 3000),
-    "output": ("speed_ratio", ">=", 0.8),
-    "claim_cost": ("cost_ratio", "<=", 1.2),
-    "progress": ("speed_ratio", ">=", 0.9),
+    "enqueue": (("one_by_one_per_s", ">=", 3000), ("bulk_per_s", ">=", 50_000)),
+    "output": (("speed_ratio", ">=", 0.8),),
+    "claim_cost": (("cost_ratio", "<=", 1.2),),
+    "progress": (("speed_ratio", ">=", 0.9),),
 }
 
 
@@ -108,10 +109,13 @@ def summary(name: str, figure: dict[str, Any]) -> str:
 def verdict(name: str, figure: dict[str, Any]) -> str:
     if name == "scaling":
         return "ok" if not figure["deadlock_lines"] else "MISSED"
-    key, sense, target = TARGETS[name]
-    value = figure[key]
-    met = value >= target if sense == ">=" else value <= target
-    return f"{'ok' if met else 'MISSED'} (target {sense} {target})"
+    missed = [
+        f"{key} {sense} {target:,}"
+        for key, sense, target in TARGETS[name]
+        if not (figure[key] >= target if sense == ">=" else figure[key] <= target)
+    ]
+    wanted = ", ".join(f"{key} {sense} {target:,}" for key, sense, target in TARGETS[name])
+    return f"MISSED {', '.join(missed)}" if missed else f"ok (target {wanted})"
 
 
 def main() -> int:
