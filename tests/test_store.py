@@ -840,7 +840,9 @@ def test_init_drops_an_earlier_versions_index_of_jobs_by_status_and_start(
     with engine.begin() as conn:  # the index and version an earlier batchjob left
         migrations.RUNNING_START_INDEX.create(conn)
         conn.execute(text("DELETE FROM batch_job_schema WHERE version >= 4"))
-    assert Store(database_url).upgrade_schema() == (3, migrations.LATEST_VERSION)
+    upgrading = Store(database_url)
+    assert upgrading.upgrade_schema() == (3, migrations.LATEST_VERSION)
+    upgrading.close()
     with engine.connect() as conn:
         names = {index["name"] for index in inspect(conn).get_indexes(schema.jobs.name)}
     engine.dispose()
