@@ -49,9 +49,10 @@ def test_the_suite_measures_each_figure_against_its_baseline(tmp_path: Path) -> 
 
 
 def test_the_floors_run_every_job_once_through_the_peers_harness(tmp_path: Path) -> None:
-    """`make bench` measures batchjob against the floor in the same run: the floors must work."""
+    """`make bench` measures batchjob against the floor in the same run: the floors must work,
+    and each of batchjob's targets is printed beside its store's floor's figure."""
     report = tmp_path / "floor.json"
-    peers = "floor-sqlite,floor-mariadb,floor-postgresql"
+    peers = "floor-sqlite,floor-mariadb,floor-postgresql,batchjob-sqlite"
     done = subprocess.run(
         [sys.executable, "bench/peers/run.py", "--peers", peers, "--jobs", "20", "--rounds", "2",
          "--enqueue-jobs", "50", "--bulk-jobs", "200", "--latency-jobs", "5",
@@ -72,3 +73,28 @@ def test_the_floors_run_every_job_once_through_the_peers_harness(tmp_path: Path)
             assert row[label]["ratio"] == pytest.approx(statistics.median(ratios))
         assert row["enqueue_per_s"] > 0 and row["enqueue_bulk_per_s"] > 0
         assert row["idle_rss_mib"] > 0 and row["latency_p50_ms"] > 0
+    batchjob, floor = rows[3], rows[0]
+    assert 0 < batchjob["worker_rss_mib"] < batchjob["idle_rss_mib"]  # its guardian besides
+    checks = json.loads(report.read_text())["against_targets"]
+    assert [(check["store"], check["figure"]) for check in checks] == [
+        ("sqlite", figure)
+        for figure in ("python_ratio", "true_ratio", "enqueue_per_s", "enqueue_bulk_per_s",
+                       "latency_p50_ms", "latency_p95_ms", "worker_rss_mib")
+    ]  # fmt: skip
+    by_figure = {check["figure"]: check for check in checks}
+    assert by_figure["true_ratio"]["batchjob"] == batchjob["true"]["ratio"]
+    assert by_figure["true_ratio"]["floor"] == floor["true"]["ratio"]
+    assert by_figure["true_ratio"]["met"] == (batchjob["true"]["ratio"] >= 0.5)
+    latency = by_figure["latency_p50_ms"]
+    assert (latency["batchjob"], latency["floor"]) == (
+        batchjob["latency_p50_ms"],
+        floor["latency_p50_ms"],
+    )
+    assert latency["floor_met"] == (floor["latency_p50_ms"] <= 4)
+    rss = by_figure["worker_rss_mib"]
+    assert rss["batchjob"] == batchjob["worker_rss_mib"] and rss["target"] < 43
+    assert "batchjob against the issue's targets" in done.stdout
+    assert any(
+        line.split()[:2] == ["sqlite", "true_ratio"] and "floor" in line and "x the floor's" in line
+        for line in done.stdout.splitlines()
+    ), done.stdout

@@ -70,6 +70,21 @@ PEERS: dict[str, tuple[str, str]] = {
     "floor-mariadb": ("floor_peer", "FloorMariadbPeer"),
     "floor-postgresql": ("floor_peer", "FloorPostgresqlPeer"),
 }
+#: The issue's targets for batchjob on each store: (figure, sense, target). The run prints
+#: each beside the same figure of that store's floor, the contract written the shortest way:
+#: where the floor misses a target too, the machine, not batchjob's code, sets the figure.
+TARGETS: dict[str, tuple[tuple[str, str, float], ...]] = {
+    store: (
+        ("python_ratio", ">=", 0.85),
+        ("true_ratio", ">=", 0.5 if store == "sqlite" else 0.35),
+        *((("enqueue_per_s", ">=", 3000), ("enqueue_bulk_per_s", ">=", 50_000))
+          if store == "sqlite" else ()),
+        ("latency_p50_ms", "<=", 50 if store == "mariadb" else 4),
+        ("latency_p95_ms", "<=", 120 if store == "mariadb" else 10),
+        ("worker_rss_mib", "<=", 45e6 / 2**20),  # 45 MB
+    )
+    for store in ("sqlite", "mariadb", "postgresql")
+}  # fmt: skip
 PYTHON_PASS = [sys._base_executable, "-c", "pass"]  # the interpreter itself, not a pyenv shim
 BIN_TRUE = ["/bin/true"]
 SETTLE_SECONDS = 2.0
@@ -233,6 +248,7 @@ class Bench:
             time.sleep(SETTLE_SECONDS)
             pids = worker.pids()
             rss_kib, pss_kib = common.memory_kib(pids)
+            worker_rss_kib, _ = common.memory_kib([worker.processes[0].pid])
             gap = self.args.latency_gap
             first = time.monotonic()
             for index in range(self.args.latency_jobs):
@@ -251,6 +267,7 @@ class Bench:
             "idle_rss_mib": rss_kib / 1024,
             "idle_pss_mib": None if pss_kib is None else pss_kib / 1024,
             "idle_processes": len(pids),
+            "worker_rss_mib": worker_rss_kib / 1024,
             "latency_p50_ms": statistics.median(latencies),
             "latency_p95_ms": cuts[94],
             "latency_max_ms": latencies[-1],
@@ -464,6 +481,70 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(out + notes)
 
 
+def against_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each target of each batchjob peer measured: its figure, and its store's floor's in the
+    same run where the floor was measured too."""
+    measured = {row["peer"]: row for row in rows if "error" not in row}
+    checks = []
+    for store, targets in TARGETS.items():
+        batchjob, floor = measured.get(f"batchjob-{store}"), measured.get(f"floor-{store}")
+        if batchjob is None:
+            continue
+        for key, sense, target in targets:
+            value = _figure(batchjob, key)
+            if value is None:
+                continue
+            floor_value = None if floor is None else _figure(floor, key)
+            checks.append(
+                {
+                    "store": store,
+                    "figure": key,
+                    "sense": sense,
+                    "target": target,
+                    "batchjob": value,
+                    "met": _meets(value, sense, target),
+                    "floor": floor_value,
+                    "floor_met": None
+                    if floor_value is None
+                    else _meets(floor_value, sense, target),
+                }
+            )
+    return checks
+
+
+def _figure(row: dict[str, Any], key: str) -> float | None:
+    """A row's figure: `python_ratio` is row["python"]["ratio"]."""
+    label, _, part = key.partition("_")
+    if part == "ratio":
+        return (row.get(label) or {}).get("ratio")
+    value = row.get(key)
+    return None if value is None else float(value)
+
+
+def _meets(value: float, sense: str, target: float) -> bool:
+    return value >= target if sense == ">=" else value <= target
+
+
+def targets_report(checks: list[dict[str, Any]]) -> str:
+    def shown(value: float) -> str:
+        return f"{value:,.0f}" if value >= 1000 else f"{value:.3g}"
+
+    lines = ["", "batchjob against the issue's targets, beside its store's floor in this run:"]
+    for check in checks:
+        line = (
+            f"  {check['store']:10} {check['figure']:18} {shown(check['batchjob']):>7}"
+            f" {check['sense']} {shown(check['target']):<6}"
+            f" {'ok' if check['met'] else 'MISSED':6}"
+        )
+        if check["floor"] is not None:
+            line += (
+                f"  floor {shown(check['floor']):>7} {'ok' if check['floor_met'] else 'MISSED':6}"
+                f"  batchjob {check['batchjob'] / check['floor']:.2f}x the floor's"
+            )
+        lines.append(line.rstrip())
+    return "\n".join(lines)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--peers", default=",".join(PEERS), help="comma-separated, of: %(default)s")
@@ -533,14 +614,18 @@ def main() -> int:
             "throughput": "(N-1) / (last completion - first completion); 2 slots per peer",
             "baseline": "subprocess.run in multiprocessing.Pool(2), measured before each peer",
             "latency": "task body time.time() at start - time.time() before the enqueue call",
-            "rss": "sum over the worker's process tree, after one job and 2 s idle",
+            "rss": "sum over the worker's process tree, after one job and 2 s idle"
+            " (worker_rss_mib: the process the CLI started, alone)",
         },
         "killed_by_tag_after_a_worker_stop": common.ESCAPED,
         "leftover_processes_killed": left,
         "cleanup_problems": problems,
         "peers": rows,
+        "against_targets": against_targets(rows),
     }
     print(table(rows))
+    if result["against_targets"]:
+        print(targets_report(result["against_targets"]))
     print(
         f"\n{len(rows)} peers in {result['seconds']:.0f}s, load {load_before[0]:.2f} before,"
         f" {result['load_after'][0]:.2f} after; leftover processes: {len(left)}"
