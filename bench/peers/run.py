@@ -216,7 +216,9 @@ class Bench:
             marker = self.scratch / f"{peer.name}-{label}-{turn}-bare.records"
             bare_rounds.append(bare_rate(command, count, marker))
             bare = bare_rounds[-1]["jobs_per_s"]
-            order = [(peer, peer_rounds), (partner, partner_rounds)][:: 1 if turn % 2 else -1]
+            order = [(peer, peer_rounds), (partner, partner_rounds)]
+            if turn % 2 == 0:
+                order.reverse()  # the partner first in every other turn
             for who, rounds in order:
                 if who is not None:
                     rounds.append(self.throughput(who, f"{label}-{turn}", command, count))
@@ -292,8 +294,7 @@ class Bench:
         """One peer's row; a failure becomes an error in the row, never a crash of the run."""
         row: dict[str, Any] = {"peer": name, "errors": {}}
         try:
-            module_name, class_name = PEERS[name]
-            peer: Peer = getattr(importlib.import_module(module_name), class_name)()
+            peer = make_peer(name)
             row.update(
                 version=importlib.metadata.version(peer.package),
                 broker=peer.broker,
@@ -324,8 +325,7 @@ class Bench:
         if label != "true" or floor_name == peer.name or floor_name not in self.peers:
             yield None
             return
-        module_name, class_name = PEERS[floor_name]
-        floor: Peer = getattr(importlib.import_module(module_name), class_name)()
+        floor = make_peer(floor_name)
         floor.setup()
         try:
             yield floor
@@ -370,6 +370,12 @@ def _medians(rounds: list[dict[str, float]]) -> dict[str, Any]:
     figures["most_at_once"] = max(one["most_at_once"] for one in rounds)
     figures["rounds"] = rounds
     return figures
+
+
+def make_peer(name: str) -> Peer:
+    module_name, class_name = PEERS[name]
+    peer: Peer = getattr(importlib.import_module(module_name), class_name)()
+    return peer
 
 
 def peer_names(listed: str) -> list[str]:
