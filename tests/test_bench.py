@@ -85,17 +85,21 @@ def test_the_floors_run_every_job_once_through_the_peers_harness(tmp_path: Path)
     assert by_figure["true_ratio"]["batchjob"] == batchjob["true"]["ratio"]
     assert by_figure["true_ratio"]["floor"] == floor["true"]["ratio"]
     assert by_figure["true_ratio"]["met"] == (batchjob["true"]["ratio"] >= 0.5)
-    # batchjob's /bin/true turns each ran beside a turn of its floor: jobs/s over jobs/s.
-    beside = batchjob["true_floor_in_turns"]["rounds"]
-    turns = zip(batchjob["true"]["rounds"], beside, strict=True)
-    in_turns = [ours["jobs_per_s"] / theirs["jobs_per_s"] for ours, theirs in turns]
-    assert len(in_turns) == 2 and all(turn["most_at_once"] == 2 for turn in beside)
-    assert by_figure["true_ratio"]["over_floor"] == pytest.approx(statistics.median(in_turns))
-    assert by_figure["true_ratio"]["over_floor_in_turns"] is True
-    assert "python_floor_in_turns" not in batchjob and "true_floor_in_turns" not in floor
-    python = by_figure["python_ratio"]
-    assert python["over_floor"] == pytest.approx(python["batchjob"] / python["floor"])
-    assert python["over_floor_in_turns"] is False
+    # batchjob's turns each ran beside a turn of its floor: jobs/s over jobs/s.
+    for label in ("python", "true"):
+        beside = batchjob[f"{label}_floor_in_turns"]["rounds"]
+        turns = zip(batchjob[label]["rounds"], beside, strict=True)
+        in_turns = [ours["jobs_per_s"] / theirs["jobs_per_s"] for ours, theirs in turns]
+        assert len(in_turns) == 2 and all(turn["most_at_once"] == 2 for turn in beside)
+        check = by_figure[f"{label}_ratio"]
+        assert check["over_floor"] == pytest.approx(statistics.median(in_turns))
+        assert check["over_floor_in_turns"] is True
+        assert f"{label}_floor_in_turns" not in floor
+    latency_check = by_figure["latency_p50_ms"]
+    assert latency_check["over_floor"] == pytest.approx(
+        batchjob["latency_p50_ms"] / floor["latency_p50_ms"]
+    )
+    assert latency_check["over_floor_in_turns"] is False
     latency = by_figure["latency_p50_ms"]
     assert (latency["batchjob"], latency["floor"]) == (
         batchjob["latency_p50_ms"],
