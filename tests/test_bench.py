@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import json
+import sqlite3
 import statistics
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +115,59 @@ def test_the_floors_run_every_job_once_through_the_peers_harness(tmp_path: Path)
         and "x the floor's jobs/s in the same turns" in line
         for line in done.stdout.splitlines()
     ), done.stdout
+
+
+def test_the_floor_hands_a_job_the_workers_environment_and_records_it_masked(
+    tmp_path: Path,
+) -> None:
+    """The floor is batchjob's contract written the shortest way, so a job gets the worker's
+    environment plus batchjob's variables (SPEC §5), and the evidence masks its secrets."""
+    peers = ROOT / "bench" / "peers"
+    database = tmp_path / "floor.db"
+    schema = (
+        "import sys; sys.path.insert(0, sys.argv[1]); import floor_peer;"
+        "connection = floor_peer.Sqlite(sys.argv[2]).connect();"
+        "[connection.execute(statement) for statement in floor_peer.Sqlite.schema];"
+        "connection.execute(floor_peer.ENQUEUE, ('[\"/usr/bin/env\"]', 'marker', 0))"
+    )
+    subprocess.run([sys.executable, "-c", schema, str(peers), str(database)], check=True)
+    environment = {
+        "PATH": "/usr/bin:/bin",
+        "CRM_API_TOKEN": "hunter2",
+        "CRM_URL": "https://sync:hunter2@crm.example/api",
+        "SHOP": "第六竹石",
+    }
+    worker = subprocess.Popen(
+        [sys.executable, str(peers / "floor_peer.py"), "sqlite", str(database), str(tmp_path)],
+        env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        evidence = _floor_evidence(database)
+    finally:
+        worker.terminate()
+        worker.wait(timeout=30)
+    printed = dict(
+        line.split("=", 1) for line in (tmp_path / "jobs" / "1.log").read_text().splitlines()
+    )
+    assert printed["CRM_API_TOKEN"] == "hunter2" and printed["SHOP"] == "第六竹石"
+    assert printed["PYTHONUNBUFFERED"] == "1" and printed["BATCH_JOB_ID"] == "1"
+    recorded = evidence["environment"]
+    assert recorded == {**printed, "CRM_API_TOKEN": "***", "CRM_URL": recorded["CRM_URL"]}
+    assert recorded["CRM_URL"] == "https://sync:***@crm.example/api"
+
+
+def _floor_evidence(database: Path) -> dict[str, Any]:
+    """The evidence of the floor's first attempt, once it is recorded."""
+    for _ in range(600):
+        connection = sqlite3.connect(database)
+        try:
+            row = connection.execute(
+                "SELECT data FROM floor_events WHERE job_id = 1 AND kind = 'attempt'"
+            ).fetchone()
+        finally:
+            connection.close()
+        if row is not None:
+            recorded: dict[str, Any] = json.loads(row[0])
+            return recorded
+        time.sleep(0.05)
+    raise AssertionError("the floor recorded no attempt in 30 s")

@@ -9,8 +9,9 @@ code rather than the contract (the bare loop says what the spawn itself costs):
   the last job's outcome, fenced by its lease token, its evidence as an event row, and the
   next claim with a new lease (SKIP LOCKED on the servers) and its event;
 - a private TMPDIR made and removed, the job's own log file, stdin /dev/null, stdout,
-  stderr and a progress pipe drained on epoll, its own session, an environment built for
-  it, no worker descriptor inherited (close_fds);
+  stderr and a progress pipe drained on epoll, its own session, the worker's environment
+  with batchjob's variables added (SPEC §5; recorded in the evidence with secrets masked),
+  no worker descriptor inherited (close_fds);
 - after the exit, a check that nothing of its session is left, and a line in the worker's
   log at each start and end.
 
@@ -34,6 +35,7 @@ import grp
 import json
 import os
 import pwd
+import re
 import resource
 import select
 import signal
@@ -61,6 +63,8 @@ FINISH = (
 EVENT = "INSERT INTO floor_events (job_id, kind, at, data) VALUES (?, ?, ?, ?)"
 ENQUEUE = "INSERT INTO floor_jobs (status, command, marker, job_index) VALUES ('pending', ?, ?, ?)"
 LEASE = "SET status = 'running', lease_token = ?, lease_expires = ?, worker = ?, started = ?"
+SECRET_NAME = re.compile("PASSWORD|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
+URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^@\s]*(@)")
 NEXT_DUE = "SELECT id FROM floor_jobs WHERE status = 'pending' ORDER BY id LIMIT 1"
 
 
@@ -378,14 +382,20 @@ class Worker:
             },
             "cgroup": Path("/proc/self/cgroup").read_text().split(),
         }
+        #: The worker's environment and what batchjob guarantees, as batchjob builds a job's.
         self.base_env = {
-            "PATH": os.environ.get("PATH", os.defpath),
-            "LANG": "C.UTF-8",
-            "HOME": user.pw_dir,
+            **os.environ,
             "PYTHONUNBUFFERED": "1",
             "PYTHONIOENCODING": "utf-8",
             "PYTHONUTF8": "1",
             "PYTHONFAULTHANDLER": "1",
+        }
+        self.base_env.setdefault("LANG", "C.UTF-8")
+        self.base_env.setdefault("HOME", user.pw_dir)
+        #: As recorded: secret names' values and URL passwords masked, once per worker.
+        self.recorded_env = {
+            name: "***" if SECRET_NAME.search(name) else URL_PASSWORD.sub(r"\1***\2", value)
+            for name, value in self.base_env.items()
         }
 
     def slot(self) -> None:
@@ -436,12 +446,12 @@ class Worker:
         out_read, out_write = os.pipe()
         err_read, err_write = os.pipe()
         progress_read, progress_write = os.pipe()
-        env = {
-            **self.base_env,
+        own = {
             "TMPDIR": str(tmpdir),
             "BATCH_JOB_ID": str(job_id),
             "BATCH_JOB_PROGRESS_FD": str(progress_write),
         }
+        env = {**self.base_env, **own}
         os.write(self.log, f"started job_id={job_id}\n".encode())
         try:
             process = subprocess.Popen(
@@ -482,7 +492,7 @@ class Worker:
         os.write(self.log, f"ended job_id={job_id} exit={exit_code}\n".encode())
         evidence = {
             **self.context,
-            "environment": env,
+            "environment": {**self.recorded_env, **own},
             "pid": process.pid,
             "exit_code": exit_code,
             "leftovers": leftovers,
