@@ -693,6 +693,8 @@ def main() -> int:
             "latency": "task body time.time() at start - time.time() before the enqueue call",
             "rss": "sum over the worker's process tree, after one job and 2 s idle"
             " (worker_rss_mib: the process the CLI started, alone)",
+            "worker_environment": "a service's: this run's PATH and BENCH_* variables, then"
+            " the peer's own",
         },
         "killed_by_tag_after_a_worker_stop": common.ESCAPED,
         "leftover_processes_killed": left,
