@@ -35,7 +35,6 @@ import grp
 import json
 import os
 import pwd
-import re
 import resource
 import select
 import signal
@@ -51,6 +50,8 @@ from urllib.parse import urlsplit
 
 from common import JobSpec, Peer, Record, mariadb_admin_url, postgres_dsn, scratch
 
+from batchjob.redact import mask_environment
+
 LEASE_SECONDS = 60.0
 IDLE_POLL_SECONDS = 1.0
 PRINT_START = ["/bin/date", "+%s.%N"]
@@ -63,8 +64,6 @@ FINISH = (
 EVENT = "INSERT INTO floor_events (job_id, kind, at, data) VALUES (?, ?, ?, ?)"
 ENQUEUE = "INSERT INTO floor_jobs (status, command, marker, job_index) VALUES ('pending', ?, ?, ?)"
 LEASE = "SET status = 'running', lease_token = ?, lease_expires = ?, worker = ?, started = ?"
-SECRET_NAME = re.compile("PASSWORD|SECRET|TOKEN|KEY|CREDENTIAL", re.IGNORECASE)
-URL_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/:@\s]*:)[^@\s]*(@)")
 NEXT_DUE = "SELECT id FROM floor_jobs WHERE status = 'pending' ORDER BY id LIMIT 1"
 
 
@@ -392,11 +391,8 @@ class Worker:
         }
         self.base_env.setdefault("LANG", "C.UTF-8")
         self.base_env.setdefault("HOME", user.pw_dir)
-        #: As recorded: secret names' values and URL passwords masked, once per worker.
-        self.recorded_env = {
-            name: "***" if SECRET_NAME.search(name) else URL_PASSWORD.sub(r"\1***\2", value)
-            for name, value in self.base_env.items()
-        }
+        #: As recorded: masked as batchjob masks it, once per worker.
+        self.recorded_env = mask_environment(self.base_env)
 
     def slot(self) -> None:
         database = self.database

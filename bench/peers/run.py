@@ -153,8 +153,8 @@ class Bench:
         """The peer's worker in a service's environment, as `bench.suite` starts batchjob's:
         this run's PATH and BENCH_* settings, then the peer's own. Not the rest of the
         caller's: a shell here holds 39 variables, which batchjob (and its floor), as their
-        contract says, hand to every job, each a cost a job (a `/bin/true` job's worker ran
-        9 % slower with them) that a worker under systemd does not pay."""
+        contract says, hand to every job, each a cost a job (about 6 % of batchjob's
+        `/bin/true` jobs/s on SQLite) that a worker under systemd does not pay."""
         env = {
             name: value
             for name, value in os.environ.items()
