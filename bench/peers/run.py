@@ -326,7 +326,7 @@ class Bench:
         return row
 
     @contextlib.contextmanager
-    def floor_beside(self, peer: Peer, label: str) -> Iterator[Peer | None]:
+    def floor_beside(self, peer: Peer) -> Iterator[Peer | None]:
         """batchjob's floor on the peer's store, for the throughput turns of a batchjob peer
         when the run measures that floor too (None otherwise): the proposed target for
         `/bin/true` jobs is batchjob's jobs/s over its floor's, and for python jobs the two
@@ -354,7 +354,7 @@ class Bench:
                 row["enqueue_bulk_per_s"] = self.enqueue_bulk(peer)
                 log(f"{name}: enqueue in bulk {row['enqueue_bulk_per_s']:,.0f}/s")
         for label, command in (("python", PYTHON_PASS), ("true", BIN_TRUE)):
-            with step(row, label), self.floor_beside(peer, label) as floor:
+            with step(row, label), self.floor_beside(peer) as floor:
                 row[f"{label}_baseline"], row[label], paired = self.in_turns(
                     peer, label, command, floor
                 )
