@@ -30,7 +30,7 @@ from batchjob.store.schema import jobs
 # Below this the server drops the idle connection of an ordinary script ("server has gone away").
 SHORT_WAIT_TIMEOUT_SECONDS = 300
 # Dead rows in the jobs table worth a vacuum: 24,000 took a claim from 1.3 to 1.9-3.0 ms on
-# the bench machine (docs/benchmarks.md, tenth round).
+# the bench machine (docs/benchmarks-history.md, tenth round).
 MANY_DEAD_ROWS = 10_000
 # How PostgreSQL spells a boolean storage parameter turned off.
 _OFF = frozenset({"off", "false", "f", "no", "n", "0"})

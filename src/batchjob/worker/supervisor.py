@@ -55,7 +55,7 @@ MIN_FREE_LOG_BYTES = 16 * 1024 * 1024
 DATABASE_BACKOFF_SECONDS = (1, 2, 5, 10, 30)
 # The worker's threads mostly wait (on pipes, the database, a job's exit) and then need the
 # GIL at once: with Python's default of 5 ms, a slot whose job just ended waited for another
-# slot's thread to be forced off it, and short jobs ran ~30 % slower (docs/benchmarks.md).
+# slot's thread to be forced off it, and short jobs ran ~30 % slower (docs/benchmarks-history.md).
 GIL_SWITCH_SECONDS = 0.0005
 # glibc's malloc (mallopt): blocks under the first come from the heap, and freed memory past
 # the second goes back to the kernel. Its defaults (128 KiB, adjusted as it goes) gave each
