@@ -261,8 +261,9 @@ def workers(database_url: str, tmp_path: Path) -> Iterator[Workers]:
 
 def kill_connections(engine: Engine, ids: Iterable[int]) -> None:
     """End these server connections (MariaDB thread ids, PostgreSQL backend pids) from another
-    one, as a server restart or a dropped network would."""
-    kill = {"mysql": "KILL {}", "postgresql": "SELECT pg_terminate_backend({})"}
+    one, as a server restart or a dropped network would; PostgreSQL's call waits until each
+    has ended, so that the connection is dead, not dying, when the test goes on."""
+    kill = {"mysql": "KILL {}", "postgresql": "SELECT pg_terminate_backend({}, 10000)"}
     with engine.connect() as conn:
         for connection_id in ids:
             conn.execute(text(kill[engine.dialect.name].format(int(connection_id))))

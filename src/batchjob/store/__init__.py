@@ -168,6 +168,9 @@ class Store:
         )
         self._recycle_checked = False
         self._claims_in_one_statement = dialects.modifies_in_one_statement(self._engine.dialect)
+        self._enqueues_one_job_in_autocommit = dialects.enqueues_one_job_in_autocommit(
+            self._engine.dialect
+        )
 
     @property
     def dialect_name(self) -> str:
@@ -208,7 +211,11 @@ class Store:
                     stored = self._insert_jobs(connection, rows)
             else:
                 # A commit whose answer was lost is not retried: it might store the jobs twice.
-                stored = self._run(lambda conn: self._insert_jobs(conn, rows), retry_commit=False)
+                stored = self._run(
+                    lambda conn: self._insert_jobs(conn, rows),
+                    retry_commit=False,
+                    autocommit=len(rows) == 1 and self._enqueues_one_job_in_autocommit,
+                )
         except IntegrityError as exc:
             if not _is_unique_key_conflict(exc):
                 raise _refused(exc) from exc
@@ -727,7 +734,8 @@ class Store:
         so running it again is always safe; a failed commit is run again only with
         `retry_commit`, as its answer may be lost after the database committed it.
         `autocommit`: an operation of one statement, which commits as it runs (no BEGIN and
-        COMMIT to wait for); a failure of it counts as a failed commit.
+        COMMIT to wait for); a failure of it counts as a failed commit, so without
+        `retry_commit` its connection is looked at first and replaced if the server dropped it.
         """
         committing = False
 
@@ -740,6 +748,8 @@ class Store:
             else:
                 lender = self._engine.connect()
             with lender as conn:
+                if autocommit and not retry_commit:
+                    dialects.replace_if_dropped(conn)
                 if read_only:
                     conn.execution_options(**{dialects.READ_ONLY_OPTION: True})
                 if autocommit:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import importlib
 import os
+import select
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -323,6 +324,31 @@ def modifies_in_one_statement(dialect: Dialect) -> bool:
     """PostgreSQL: a SELECT ... FOR UPDATE, UPDATEs ... RETURNING and an INSERT of what they
     returned run as one statement (data-modifying WITH): one round trip for a claim."""
     return dialect.name == "postgresql"
+
+
+def enqueues_one_job_in_autocommit(dialect: Dialect) -> bool:
+    """PostgreSQL: one job's INSERT commits as it runs, one round trip where BEGIN, the INSERT
+    and COMMIT took three. Not MariaDB: SQLAlchemy switches its autocommit on and off again
+    with statements of their own, and one job's enqueue went from 1,236-1,461 to 835-1,007/s.
+    """
+    return dialect.name == "postgresql"
+
+
+def replace_if_dropped(connection: Connection) -> None:
+    """Before a statement that cannot be sent twice: a pooled PostgreSQL connection the server
+    has closed (a restart, `pg_terminate_backend`) or that TCP keepalives found dead has a
+    readable socket while idle. Such a connection is swapped for a new one, with no round
+    trip: what fails after the statement is sent may have committed, and is not retried."""
+    dbapi_connection = connection.connection.dbapi_connection
+    try:
+        socket = dbapi_connection.fileno()  # type: ignore[union-attr]
+    except connection.dialect.loaded_dbapi.Error:  # closed already: no fileno
+        connection.invalidate()
+        return
+    poller = select.poll()
+    poller.register(socket, select.POLLIN)
+    if poller.poll(0):
+        connection.invalidate()  # the next statement takes a new connection from the pool
 
 
 def unnest_rows(columns: Mapping[str, TypeEngine[Any]], position: str) -> TableValuedAlias:
