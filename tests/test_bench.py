@@ -63,7 +63,11 @@ def test_the_floors_run_every_job_once_through_the_peers_harness(tmp_path: Path)
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert done.returncode == 0, done.stdout + done.stderr
-    rows = json.loads(report.read_text())["peers"]
+    result = json.loads(report.read_text())
+    for reading in (result["machine"]["before"], result["machine"]["after"]):
+        assert reading["python_loop_seconds"] > 0 and reading["file_create_us"] > 0
+    assert "the machine before: a 10,000,000-step Python loop" in done.stdout
+    rows = result["peers"]
     assert [row["peer"] for row in rows] == peers.split(",")
     for row in rows:
         assert row["errors"] == {} and "error" not in row, row

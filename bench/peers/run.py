@@ -88,10 +88,39 @@ TARGETS: dict[str, tuple[tuple[str, str, float], ...]] = {
 PYTHON_PASS = [sys._base_executable, "-c", "pass"]  # the interpreter itself, not a pyenv shim
 BIN_TRUE = ["/bin/true"]
 SETTLE_SECONDS = 2.0
+#: What the machine gives this hour, read at the run's start and end: a Python loop's
+#: seconds (0.14 to 0.65 s here within a day) and the time to create an empty file where
+#: the workers' logs go (ext4 without a journal skips recently freed inodes one by one: 16 µs
+#: to 1 ms a file here): docs/benchmarks-history.md, the twenty-seventh round.
+LOOP_STEPS = 10_000_000
+FILES_CREATED = 200
 
 
 def log(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
+
+
+def machine_reading(directory: Path) -> dict[str, float]:
+    """The loop's seconds, and µs to create a file in `directory`, made here. The files stay
+    until the scratch directory goes: removing them would slow the creations after them."""
+    started = time.perf_counter()
+    step = 0
+    while step < LOOP_STEPS:
+        step += 1
+    loop_seconds = time.perf_counter() - started
+    directory.mkdir()
+    started = time.perf_counter()
+    for index in range(FILES_CREATED):
+        os.close(os.open(directory / str(index), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+    create_us = (time.perf_counter() - started) / FILES_CREATED * 1e6
+    return {"python_loop_seconds": loop_seconds, "file_create_us": create_us}
+
+
+def describe_machine(reading: dict[str, float]) -> str:
+    return (
+        f"a {LOOP_STEPS:,}-step Python loop {reading['python_loop_seconds']:.3f}s,"
+        f" a file created in {reading['file_create_us']:.0f} µs"
+    )
 
 
 # The bare baseline ---------------------------------------------------------------------------
@@ -661,7 +690,11 @@ def main() -> int:
     bench = Bench(args, scratch, tag)
     started = time.monotonic()
     load_before = os.getloadavg()
-    log(f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {load_before[0]:.2f}")
+    machine = {"before": machine_reading(scratch / "machine-before")}
+    log(
+        f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, load {load_before[0]:.2f};"
+        f" {describe_machine(machine['before'])}"
+    )
     rows: list[dict[str, Any]] = []
     unavailable: dict[str, str] = {}
     try:
@@ -669,6 +702,7 @@ def main() -> int:
         for name in names:
             log(f"{name}: measuring")
             rows.append(bench.measure(name, unavailable))
+        machine["after"] = machine_reading(scratch / "machine-after")
     finally:
         left = stop_everything(tag)
         problems = clean_stores(args, unavailable)
@@ -681,6 +715,7 @@ def main() -> int:
         "cpus": os.cpu_count(),
         "load_before": load_before,
         "load_after": os.getloadavg(),
+        "machine": machine,
         "seconds": time.monotonic() - started,
         "settings": {key: str(value) for key, value in vars(args).items()},
         "job_commands": {"python": PYTHON_PASS, "true": BIN_TRUE},
@@ -708,6 +743,8 @@ def main() -> int:
     print(
         f"\n{len(rows)} peers in {result['seconds']:.0f}s, load {load_before[0]:.2f} before,"
         f" {result['load_after'][0]:.2f} after; leftover processes: {len(left)}"
+        f"\nthe machine before: {describe_machine(machine['before'])};"
+        f" after: {describe_machine(machine['after'])}"
     )
     if args.json:
         args.json.write_text(json.dumps(result, indent=2) + "\n")
