@@ -298,6 +298,34 @@ def test_a_log_dir_on_a_nearly_full_filesystem_fails(tmp_path: Path) -> None:
     assert str(small) in found["log-disk"].message
 
 
+def test_the_fix_for_a_log_dir_filling_its_disk_works_as_given(tmp_path: Path) -> None:
+    """The command the doctor gives is run as printed: it removes the old job log only."""
+    with tmpfs(tmp_path / "logs", "size=1m") as log_dir:
+        settings = Settings(database_url=f"sqlite:///{tmp_path / 'batchjob.db'}", log_dir=log_dir)
+        queue = Queue(settings=settings)
+        try:
+            queue.init()
+            settings.job_log_dir.mkdir(exist_ok=True)
+            old, recent = settings.job_log_dir / "1.log", settings.job_log_dir / "2.log"
+            old.write_bytes(b"x" * 600 * 1024)
+            recent.write_bytes(b"y" * 1024)
+            forty_days_ago = time.time() - 40 * 86400
+            os.utime(old, (forty_days_ago, forty_days_ago))
+            found = doctor(queue, settings)
+            assert found["log-size"].status == "WARN"
+            assert found["log-disk"].status == "FAIL"
+            fix = found["log-size"].fix or ""
+            [command] = [part for part in fix.split("`") if part.startswith("find ")]
+            assert command in (found["log-disk"].fix or "")
+            assert str(settings.job_log_dir) in command
+            subprocess.run(["sh", "-c", command], check=True)
+            assert not old.exists()
+            assert recent.read_bytes() == b"y" * 1024
+            assert doctor(queue, settings)["log-size"].status == "OK"
+        finally:
+            queue.close()
+
+
 def wait_for(queue: Queue, *names: str, timeout: float = 20) -> dict[str, Check]:
     """The doctor's findings once every named check WARNs (a lock wait takes a moment)."""
     deadline = time.monotonic() + timeout
