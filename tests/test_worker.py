@@ -698,14 +698,18 @@ def test_the_worker_registers_names_its_driver_and_records_each_attempts_evidenc
 
 def openssl_mapped(pid: int) -> set[str]:
     """OpenSSL's libraries and Python's modules over them that the process has mapped."""
-    names = ("libssl", "libcrypto", "_ssl.", "_hashlib.")
+    return mapped(pid, ("libssl", "libcrypto", "_ssl.", "_hashlib."))
+
+
+def mapped(pid: int, names: tuple[str, ...]) -> set[str]:
+    """Which of these libraries (beginnings of file names) the process has mapped."""
     with open(f"/proc/{pid}/maps", encoding="utf-8") as maps:
         paths = {line.split()[-1] for line in maps if "/" in line}
     return {name for name in names for path in paths if name in Path(path).name}
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
-def test_a_worker_on_sqlite_loads_no_openssl_and_still_is_woken_and_runs_jobs(
+def test_a_worker_on_sqlite_loads_neither_openssl_nor_metadata_and_is_woken_and_runs_jobs(
     workers: Workers, queue: Queue, tmp_path: Path
 ) -> None:
     workers.configure('[worker]\npoll_interval = "120s"\n')
@@ -718,6 +722,33 @@ def test_a_worker_on_sqlite_loads_no_openssl_and_still_is_woken_and_runs_jobs(
     # Woken (not polled) through the socket named by a digest each process works out apart.
     assert queue.wait(int(enqueued.stdout), timeout=60).status == JobStatus.COMPLETED
     assert openssl_mapped(worker.pid) == set()
+    # importlib.metadata not loaded: the csv module it alone imports has not mapped its _csv.
+    assert mapped(worker.pid, ("_csv.",)) == set()
+
+
+STAND_IN_USED = """
+import sys
+from batchjob.worker.lean import metadata_loaded_on_first_use
+metadata_loaded_on_first_use()
+import sqlalchemy
+from importlib import metadata
+assert "csv" not in sys.modules, "loaded before its first use"
+try:  # a dialect SQLAlchemy has not built in: looked up among the entry points
+    sqlalchemy.create_engine("nosuchdialect://")
+except sqlalchemy.exc.NoSuchModuleError as exc:
+    print(type(exc).__name__)
+print(metadata.version("batchjob"), "csv" in sys.modules)
+from importlib.metadata import version
+print(version("batchjob"), type(sys.modules["importlib.metadata"]).__name__)
+"""
+
+
+def test_metadata_left_out_of_the_worker_is_there_when_used() -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", STAND_IN_USED], capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["NoSuchModuleError", "0.1.0", "True", "0.1.0", "module"]
 
 
 def test_a_driver_imported_after_the_workers_code_still_gets_ssl(

@@ -347,8 +347,13 @@ def worker(context: CliContext, concurrency: int | None, queues: str | None, bur
     SIGTERM/SIGINT stop gracefully (running jobs get shutdown_grace, then go back to pending);
     SIGHUP reopens the log file.
     """
-    from batchjob.worker.lean import driver_imported_without_openssl, openssl_kept_out
+    from batchjob.worker.lean import (
+        driver_imported_without_openssl,
+        metadata_loaded_on_first_use,
+        openssl_kept_out,
+    )
 
+    metadata_loaded_on_first_use()
     with openssl_kept_out():
         from batchjob.worker.supervisor import Worker
     driver_imported_without_openssl(context.settings.database_url)
