@@ -50,7 +50,7 @@ REPORTING = (
 # How MariaDB/MySQL (error 1213) and PostgreSQL (SQLSTATE 40P01) word a deadlock.
 DEADLOCK_MARKS = ("(1213,", "Deadlock found", "40P01", "deadlock detected")
 CLAIM_COST_ROUNDS = 10
-# A 1 GiB write took 0.45 to 2.17 s here within one run, to a file as through the worker,
+# A 1 GiB write took 0.46 to 2.17 s here within one run, to a file as through the worker,
 # in two modes about twice apart: the median of three rounds read the worker at 0.50x `cat`,
 # of seven 0.98x, ten minutes later.
 OUTPUT_ROUNDS = 7
