@@ -25,6 +25,7 @@ import psutil
 import pytest
 from sqlalchemy import create_engine, make_url, text, update
 
+from batchjob import __version__
 from batchjob.model import FailureReason, Job, JobStatus
 from batchjob.queue import Queue
 from batchjob.store import WorkerRegistration
@@ -748,7 +749,7 @@ def test_metadata_left_out_of_the_worker_is_there_when_used() -> None:
         [sys.executable, "-c", STAND_IN_USED], capture_output=True, text=True, check=False
     )
     assert done.returncode == 0, done.stderr
-    assert done.stdout.split() == ["NoSuchModuleError", "0.1.0", "True", "0.1.0", "module"]
+    assert done.stdout.split() == ["NoSuchModuleError", __version__, "True", __version__, "module"]
 
 
 def test_a_driver_imported_after_the_workers_code_still_gets_ssl(
